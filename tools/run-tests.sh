@@ -1,0 +1,81 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+# The whole test suite: `make check` in a plain build and in an
+# AddressSanitizer+UBSan build, then the suites again under valgrind memcheck.
+# Counts every check test case (and every whole-program skip) and ends with
+# one line: "N passed, N failed, N skipped".
+set -u
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+[ -x configure ] || autoreconf -fi >/dev/null || exit 1
+
+passed=0 failed=0 skipped=0 status=0
+
+# count LOGFILE: add the check totals of one test program's log.
+count() {
+	log=$1
+	rc_line=$(grep -h '^:test-result:' "${log%.log}.trs" 2>/dev/null | head -1)
+	n_skip=$(grep -c '^SKIP ' "$log" 2>/dev/null)
+	case "$rc_line" in *SKIP*) skipped=$((skipped + 1)); return ;; esac
+	totals=$(grep -Eh '^[0-9]+%: Checks: [0-9]+' "$log" | tail -1)
+	if [ -z "$totals" ]; then # crashed before check printed anything
+		failed=$((failed + 1)); return
+	fi
+	n=$(echo "$totals" | sed -E 's/.*Checks: ([0-9]+).*/\1/')
+	f=$(echo "$totals" | sed -E 's/.*Failures: ([0-9]+).*/\1/')
+	e=$(echo "$totals" | sed -E 's/.*Errors: ([0-9]+).*/\1/')
+	passed=$((passed + n - f - e - n_skip))
+	failed=$((failed + f + e))
+	skipped=$((skipped + n_skip))
+}
+
+run_build() { # run_build NAME [configure args...]
+	name=$1; shift
+	dir="$top/$name"
+	echo "== $name: configure $*"
+	mkdir -p "$dir"
+	if ! ( cd "$dir" && { [ -f Makefile ] || "$top/configure" -q "$@"; } &&
+	       make -s -j2 >/dev/null && make -s -j2 check >/dev/null 2>&1; ); then
+		status=1
+	fi
+	if [ ! -f "$dir/test/check_wire.log" ]; then
+		echo "$name: build failed"; failed=$((failed + 1)); status=1; return
+	fi
+	for log in "$dir"/test/check_*.log; do
+		before_f=$failed
+		count "$log"
+		if [ $failed -ne $before_f ]; then
+			echo "--- $log"; grep -E '^[^:]+:[0-9]+:[EF]:|SKIP|Early exit|ERROR|signal' "$log" | head -20
+		fi
+	done
+	grep -h '^SKIP ' "$dir"/test/check_*.log 2>/dev/null | sort -u
+}
+
+run_build build
+run_build build-asan --enable-sanitizers
+
+# valgrind memcheck over the same suites, smaller images.
+if command -v valgrind >/dev/null; then
+	echo "== valgrind"
+	vdir="$top/build"
+	for t in check_wire check_source check_dest check_e2e; do
+		[ -x "$vdir/test/$t" ] || continue
+		log="$vdir/test/$t.valgrind.log"
+		( cd "$vdir" && PCOPY_TEST_MB=4 CK_DEFAULT_TIMEOUT=600 \
+		  ./libtool --mode=execute valgrind -q --error-exitcode=99 \
+		  --leak-check=full --errors-for-leak-kinds=definite,indirect \
+		  --track-fds=no "./test/$t" ) >"$log" 2>&1
+		rc=$?
+		printf ':test-result: %s\n' "$([ $rc -eq 77 ] && echo SKIP || echo PASS)" >"${log%.log}.trs"
+		before_f=$failed
+		count "$log"
+		if [ $rc -ne 0 ] && [ $rc -ne 77 ] && [ $failed -eq $before_f ]; then
+			failed=$((failed + 1))	# valgrind found errors outside a test case
+		fi
+		[ $failed -ne $before_f ] && { echo "--- $log"; tail -30 "$log"; status=1; }
+	done
+fi
+
+[ $failed -eq 0 ] || status=1
+echo "$passed passed, $failed failed, $skipped skipped"
+exit $status
