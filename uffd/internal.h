@@ -142,7 +142,7 @@ struct pcopy_dest {
 	pthread_cond_t cond;
 	bool done;
 	int result;
-	uint64_t start_ns;
+	_Atomic uint64_t start_ns;
 	_Atomic uint64_t end_ns;
 	struct dest_counters st;
 };
