@@ -18,8 +18,12 @@ count() {
 	n_skip=$(grep -c '^SKIP ' "$log" 2>/dev/null)
 	case "$rc_line" in *SKIP*) skipped=$((skipped + 1)); return ;; esac
 	totals=$(grep -Eh '^[0-9]+%: Checks: [0-9]+' "$log" | tail -1)
-	if [ -z "$totals" ]; then # crashed before check printed anything
-		failed=$((failed + 1)); return
+	if [ -z "$totals" ]; then # a script test, or a crash before check printed
+		case "$rc_line" in
+		*PASS*) passed=$((passed + 1)) ;;
+		*) failed=$((failed + 1)) ;;
+		esac
+		return
 	fi
 	n=$(echo "$totals" | sed -E 's/.*Checks: ([0-9]+).*/\1/')
 	f=$(echo "$totals" | sed -E 's/.*Failures: ([0-9]+).*/\1/')
@@ -42,6 +46,7 @@ run_build() { # run_build NAME [configure args...]
 		echo "$name: build failed"; failed=$((failed + 1)); status=1; return
 	fi
 	for log in "$dir"/test/check_*.log; do
+		[ -f "$log" ] || continue
 		before_f=$failed
 		count "$log"
 		if [ $failed -ne $before_f ]; then
@@ -60,7 +65,7 @@ if command -v valgrind >/dev/null; then
 	vdir="$top/build"
 	for t in check_wire check_source check_dest check_e2e; do
 		[ -x "$vdir/test/$t" ] || continue
-		log="$vdir/test/$t.valgrind.log"
+		log="$vdir/test/valgrind-$t.log"
 		( cd "$vdir" && PCOPY_TEST_MB=4 CK_DEFAULT_TIMEOUT=600 \
 		  ./libtool --mode=execute valgrind -q --error-exitcode=99 \
 		  --leak-check=full --errors-for-leak-kinds=definite,indirect \

@@ -1,0 +1,237 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * pcopy-bench: shared declarations of the benchmark program (options, the
+ * image pattern, measurement helpers, links, toucher threads, the runs).
+ */
+#ifndef PCOPY_BENCH_H
+#define PCOPY_BENCH_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#define B_PAGE 4096u
+#define B_MAX_TOUCHERS 64
+#define B_RESULTS_MAX 64
+
+/* ---- options ---- */
+
+enum b_order {
+	ORDER_NONE = 0,		/* no toucher: the background stream alone */
+	ORDER_SEQ,
+	ORDER_RANDOM,
+	ORDER_HOT,		/* hot set first, then nothing */
+	ORDER_COUNT
+};
+
+enum b_run {
+	RUN_FLOOR = 1u << 0,
+	RUN_RAW   = 1u << 1,
+	RUN_NAIVE = 1u << 2,
+	RUN_LIB   = 1u << 3,
+	RUN_ALL   = 0xfu,
+};
+
+struct b_opts {
+	size_t image_bytes;
+	unsigned touchers;
+	unsigned orders;		/* bit (1 << enum b_order) */
+	unsigned runs;			/* RUN_* */
+	const char *link_name;		/* label: unix, tcp, veth-1g, ... */
+	double link_gbit;		/* rate limit of the link, 0: none */
+	const char *serve_addr;		/* --serve: be the server only */
+	const char *connect_addr;	/* --connect: server elsewhere */
+	unsigned raw_faults;		/* faults in the raw round-trip run */
+	unsigned hot_pct;		/* hot set, percent of pages */
+	unsigned hot_cluster;		/* pages per hot cluster */
+	bool source_file;		/* library source serves a snapshot file */
+	bool quiet;
+	const char *json_path;		/* also append JSON lines here */
+	const char *tmpdir;		/* snapshot file for the naive run */
+};
+
+const char *b_order_name(enum b_order o);
+
+/* ---- image pattern (image.c) ---- */
+
+/* True if page `pg` of the image is a zero page (~25% of pages). */
+bool img_page_is_zero(uint64_t pg);
+/* Write the contents of page pg into dst (4 KiB). */
+void img_page_fill(uint64_t pg, void *dst);
+/* True if the 4 KiB at p hold page pg's contents. */
+bool img_page_ok(uint64_t pg, const void *p);
+/* Fill len bytes (multiple of 4 KiB) from page 0 on. */
+void img_fill(void *dst, size_t len);
+/* Write the image to a new file in dir (zero pages as holes); returns the
+ * fd (path unlinked already) or -errno. */
+int img_write_file(const char *dir, size_t len);
+
+/* ---- measurement (measure.c) ---- */
+
+uint64_t b_now_ns(void);
+/* Process CPU time (user + system) in ns, from getrusage(RUSAGE_SELF). */
+uint64_t b_proc_cpu_ns(void);
+uint64_t b_thread_cpu_ns(void);
+/* Reset VmHWM to the current RSS (clear_refs 5); returns 0 or -errno. */
+int b_reset_hwm(void);
+/* VmRSS / VmHWM of this process in bytes (0 if unreadable). */
+uint64_t b_vm_rss(void);
+uint64_t b_vm_hwm(void);
+
+/* Latency samples (ns). */
+struct b_lat {
+	uint32_t *v;
+	size_t n, cap;
+};
+int b_lat_init(struct b_lat *l, size_t cap);
+void b_lat_free(struct b_lat *l);
+static inline void b_lat_add(struct b_lat *l, uint64_t ns)
+{
+	if (l->n < l->cap)
+		l->v[l->n++] = ns > UINT32_MAX ? UINT32_MAX : (uint32_t)ns;
+}
+/* Merge src into dst (dst grows); returns 0 or -ENOMEM. */
+int b_lat_merge(struct b_lat *dst, const struct b_lat *src);
+/* Sort; afterwards b_lat_q(l, q) is the q-quantile in ns (0 if empty). */
+void b_lat_sort(struct b_lat *l);
+uint64_t b_lat_q(const struct b_lat *l, double q);
+
+/* ---- links (link.c) ---- */
+
+struct b_addr {
+	int family;			/* AF_UNIX or AF_INET */
+	char text[128];			/* "unix:/path" or "tcp:a.b.c.d:port" */
+	unsigned char sa[128];
+	unsigned salen;
+};
+
+/* Parse "unix:/path" or "tcp:HOST:PORT" (HOST numeric IPv4). */
+int b_addr_parse(const char *s, struct b_addr *a);
+/* Listen on a (port 0 / empty unix path: pick one, a is updated). */
+int b_listen(struct b_addr *a);
+/* Connect to a, TCP_NODELAY on TCP; returns fd or -errno. */
+int b_connect(const struct b_addr *a);
+int b_write_all(int fd, const void *buf, size_t n);
+int b_read_all(int fd, void *buf, size_t n);
+
+/* The control protocol between the benchmark's two sides. */
+#define CTL_MAGIC 0x48434e42u		/* "BNCH" */
+enum ctl_kind { CTL_RAW = 1, CTL_LIB = 2, CTL_QUIT = 3 };
+
+struct ctl_req {
+	uint32_t magic, kind;
+	uint64_t image_bytes;
+	uint32_t source_file, pad;
+};
+
+struct ctl_done {
+	uint32_t magic;
+	int32_t rc;
+	uint64_t cpu_ns;		/* server CPU during the session */
+	uint64_t mem_overhead;		/* server VmHWM - RSS before session */
+	uint64_t served;		/* requests served (raw) */
+	char err[200];
+};
+
+/* Serve sessions on listening socket lfd until QUIT or EOF. Returns exit
+ * status for the process. */
+int b_serve(int lfd, const struct b_opts *o);
+
+/* ---- toucher threads (touch.c) ---- */
+
+struct b_touch_plan {
+	uint8_t *base;			/* the image's destination memory */
+	uint64_t npages;
+	uint32_t *order;		/* page indexes, touched in this order */
+	uint64_t norder;
+	unsigned threads;
+};
+
+struct b_touch_result {
+	uint64_t t_first_ns;		/* first touch returned (absolute) */
+	uint64_t t_last_ns;		/* last toucher finished (absolute) */
+	uint64_t touched, bad;
+	uint64_t first_bad_page;
+	uint64_t cpu_ns;		/* CPU time of the toucher threads */
+	struct b_lat lat;		/* touches that blocked (>= threshold) */
+};
+
+/* Threshold below which a touch did not fault (a uffd fault sleeps). */
+#define B_FAULT_THRESHOLD_NS 1000u
+
+/* Build the order of pages to touch; returns 0 or -ENOMEM. */
+int b_plan_build(struct b_touch_plan *p, enum b_order o, const struct b_opts *opt);
+void b_plan_free(struct b_touch_plan *p);
+
+struct b_touchers;
+/* Start plan->threads threads that touch (and verify) the plan's pages. */
+int b_touch_start(struct b_touchers **tp, const struct b_touch_plan *plan);
+/* Join them and collect the results (res->lat owned by the caller). */
+void b_touch_join(struct b_touchers *t, struct b_touch_result *res);
+
+/* ---- results ---- */
+
+struct b_result {
+	char run[32];			/* floor_memcpy, raw_rtt, naive, lib, ... */
+	char order[12];
+	unsigned touchers;
+	int rc;
+	double total_s;			/* whole run / restore */
+	double first_touch_s;		/* -1: no toucher */
+	double hot_s;			/* hot set touched (hot order), else -1 */
+	double gbps;			/* image bytes / total_s, GB/s (1e9) */
+	uint64_t faults;		/* latency samples */
+	double p50_us, p99_us, p999_us, max_us;
+	double src_cpu_s, dst_cpu_s, dst_lib_cpu_s;
+	double mem_overhead_mib, src_mem_overhead_mib;
+	uint64_t bad_pages;
+	/* library internal stats */
+	uint64_t lib_faults, lib_requests, lib_dups;
+	double lib_p99_us;
+	double cdf_us[22];		/* latency at b_cdf_q[] */
+	bool has_cdf;
+	char note[160];
+};
+
+extern const double b_cdf_q[22];
+
+void b_result_fill_lat(struct b_result *r, struct b_lat *lat);
+
+/* ---- runs (floor.c, rawrtt.c, naive.c, librun.c) ---- */
+
+/* image: the pattern in local memory. Appends the floor results. */
+int run_floor(const struct b_opts *o, const uint8_t *image,
+	      struct b_result *res, unsigned *nres);
+int run_naive(const struct b_opts *o, int file_fd, enum b_order ord,
+	      struct b_result *r);
+int run_raw(const struct b_opts *o, const struct b_addr *srv, struct b_result *r);
+int run_lib(const struct b_opts *o, const struct b_addr *srv, enum b_order ord,
+	    struct b_result *r);
+
+/* server sides */
+int serve_raw(int fd, const uint8_t *image, size_t len, uint64_t *served);
+int serve_lib(int fd, const uint8_t *image, size_t len, int file_fd,
+	      char *err, size_t errlen);
+
+/* ---- small userfaultfd helpers (buffd.c) ---- */
+
+/* Open a userfaultfd (syscall, else /dev/userfaultfd), UFFDIO_API done. */
+int bu_open(bool nonblock);
+int bu_register(int uffd, void *addr, size_t len);
+/* UFFDIO_COPY len bytes, retrying partial copies; -EEXIST counts as done. */
+int bu_copy(int uffd, void *dst, const void *src, size_t len, bool dontwake);
+int bu_zeropage(int uffd, void *dst, size_t len);
+
+/* ---- output (report.c) ---- */
+
+void report_json(FILE *f, const struct b_opts *o, const struct b_result *r,
+		 const struct b_result *all, unsigned n);
+void report_table(FILE *f, const struct b_opts *o, const struct b_result *all,
+		  unsigned n);
+void report_targets(FILE *f, const struct b_opts *o, const struct b_result *all,
+		    unsigned n);
+
+#endif
