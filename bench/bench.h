@@ -63,8 +63,8 @@ bool img_page_is_zero(uint64_t pg);
 void img_page_fill(uint64_t pg, void *dst);
 /* True if the 4 KiB at p hold page pg's contents. */
 bool img_page_ok(uint64_t pg, const void *p);
-/* Fill len bytes (multiple of 4 KiB) from page 0 on. */
-void img_fill(void *dst, size_t len);
+/* Fill len bytes (multiple of 4 KiB) with pages first_page, ... */
+void img_fill_from(void *dst, uint64_t first_page, size_t len);
 /* Write the image to a new file in dir (zero pages as holes); returns the
  * fd (path unlinked already) or -errno. */
 int img_write_file(const char *dir, size_t len);
@@ -124,7 +124,8 @@ enum ctl_kind { CTL_RAW = 1, CTL_LIB = 2, CTL_QUIT = 3 };
 struct ctl_req {
 	uint32_t magic, kind;
 	uint64_t image_bytes;
-	uint32_t source_file, pad;
+	uint32_t flags;			/* CTL_F_* */
+	uint32_t pad;
 };
 
 struct ctl_done {
@@ -136,9 +137,19 @@ struct ctl_done {
 	char err[200];
 };
 
+#define CTL_F_SOURCE_FILE 1u
+
 /* Serve sessions on listening socket lfd until QUIT or EOF. Returns exit
  * status for the process. */
 int b_serve(int lfd, const struct b_opts *o);
+/* Client: open a session of `kind` on the server (control connection, then
+ * the data connection, once the server has its image ready). */
+int ctl_open(const struct b_addr *srv, enum ctl_kind kind, const struct b_opts *o,
+	     int *ctl_fd, int *data_fd);
+/* Client: after the data connection is done with, read the server's figures. */
+int ctl_finish(int ctl_fd, struct ctl_done *done);
+/* Client: tell the server to exit. */
+void ctl_quit(const struct b_addr *srv);
 
 /* ---- toucher threads (touch.c) ---- */
 

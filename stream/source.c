@@ -1,2 +1,635 @@
 /* SPDX-License-Identifier: MIT */
-/* placeholder: being written */
+/*
+ * The SOURCE handle: create / start / wait / stats / destroy, the end of a
+ * session, and the request-reader thread (the sender is in source_send.c).
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "source.h"
+
+/* Background bytes a TCP socket may hold unsent: a requested page waits
+ * behind at most this much (ignored on Unix sockets). */
+#define SRC_NOTSENT_LOWAT (128 << 10)
+
+/* Fill `o` with defaults. Any thread. */
+void pcopy_source_opts_init(struct pcopy_source_opts *o)
+{
+	if (!o)
+		return;
+	memset(o, 0, sizeof(*o));
+	o->size = sizeof(*o);
+}
+
+/* Copy the caller's options over the defaults; older (smaller) structs are
+ * fine, unknown bigger ones are not. */
+static int opts_copy(struct pcopy_source_opts *dst,
+		     const struct pcopy_source_opts *o)
+{
+	pcopy_source_opts_init(dst);
+	if (!o)
+		return 0;
+	if (o->size < sizeof(size_t) || o->size > sizeof(*dst))
+		return -EINVAL;
+	memcpy(dst, o, o->size);
+	dst->size = sizeof(*dst);
+	return 0;
+}
+
+static bool is_pow2(size_t x)
+{
+	return x && !(x & (x - 1));
+}
+
+/* Check one region; log why it is wrong. Returns 0 or -EINVAL. */
+static int region_check(const struct pcopy_logger *lg, unsigned i,
+			const struct pcopy_source_region *r)
+{
+	const char *nm = r->name ? r->name : "(null)";
+	size_t nlen;
+	struct stat st;
+
+	if (!r->name || (nlen = strlen(r->name)) == 0 || nlen > PCOPY_NAME_MAX) {
+		pcopy_log(lg, PCOPY_LOG_ERROR,
+			  "source region %u: name must be 1..%d bytes", i,
+			  PCOPY_NAME_MAX);
+		return -EINVAL;
+	}
+	if (!is_pow2(r->page_size) || r->page_size < PCOPY_TARGET_PAGE ||
+	    r->page_size > PCOPY_HOST_PAGE_MAX) {
+		pcopy_log(lg, PCOPY_LOG_ERROR,
+			  "source region %u '%s': page_size %zu is not a power of two in 4096..%u",
+			  i, nm, r->page_size, PCOPY_HOST_PAGE_MAX);
+		return -EINVAL;
+	}
+	if (!r->length || r->length % r->page_size ||
+	    r->length > (size_t)INT64_MAX) {
+		pcopy_log(lg, PCOPY_LOG_ERROR,
+			  "source region %u '%s': length %zu is not a non-zero multiple of page_size %zu",
+			  i, nm, r->length, r->page_size);
+		return -EINVAL;
+	}
+	if ((r->mem != NULL) == (r->fd >= 0)) {
+		pcopy_log(lg, PCOPY_LOG_ERROR,
+			  "source region %u '%s': set exactly one of mem (with fd = -1) or fd (with mem = NULL)",
+			  i, nm);
+		return -EINVAL;
+	}
+	if (r->mem)
+		return 0;
+	if (r->file_offset < 0 ||
+	    (uint64_t)r->file_offset > (uint64_t)INT64_MAX - r->length) {
+		pcopy_log(lg, PCOPY_LOG_ERROR,
+			  "source region %u '%s': bad file_offset %lld",
+			  i, nm, (long long)r->file_offset);
+		return -EINVAL;
+	}
+	if (fstat(r->fd, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))) {
+		pcopy_log(lg, PCOPY_LOG_ERROR,
+			  "source region %u '%s': fd %d is not a regular file or block device",
+			  i, nm, r->fd);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static void source_free(struct pcopy_source *s)
+{
+	unsigned i;
+
+	for (i = 0; i < s->n; i++)
+		free(s->reg[i].unsent);
+	src_queue_fini(&s->q);
+	src_window_fini(&s->win);
+	if (s->zlib)
+		codec_zlib_free(s->zlib);
+	free(s->zbuf);
+	if (s->fd >= 0)
+		close(s->fd);
+	if (s->stop_fd >= 0)
+		close(s->stop_fd);
+	pcopy_errslot_destroy(&s->es);
+	pthread_cond_destroy(&s->cond);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+}
+
+/*
+ * Create a source over n regions (nothing is read yet). Returns 0 and sets
+ * *sp, or -EINVAL (bad argument, logged) / -ENOMEM. Caller's thread.
+ */
+int pcopy_source_create(struct pcopy_source **sp,
+			const struct pcopy_source_region *regions, unsigned n,
+			const struct pcopy_source_opts *opts)
+{
+	struct pcopy_source_opts o;
+	struct pcopy_logger lg = { NULL, NULL };
+	struct pcopy_source *s;
+	pthread_condattr_t ca;
+	bool any_file = false;
+	uint64_t total = 0;
+	unsigned i;
+	int err;
+
+	if (sp)
+		*sp = NULL;
+	if (opts_copy(&o, opts))
+		return -EINVAL;	/* no trustworthy logger either */
+	lg.fn = o.log;
+	lg.opaque = o.log_opaque;
+	if (!sp || !regions || n == 0 || n > PCOPY_REGIONS_MAX) {
+		pcopy_log(&lg, PCOPY_LOG_ERROR,
+			  "pcopy_source_create: need a handle pointer and 1..%d regions (got %u)",
+			  PCOPY_REGIONS_MAX, n);
+		return -EINVAL;
+	}
+	if (o.flags & ~PCOPY_SOURCE_ZLIB || o.zlib_level < 0 ||
+	    o.zlib_level > 9) {
+		pcopy_log(&lg, PCOPY_LOG_ERROR,
+			  "pcopy_source_create: bad options (flags 0x%x, zlib_level %d)",
+			  o.flags, o.zlib_level);
+		return -EINVAL;
+	}
+	for (i = 0; i < n; i++) {
+		err = region_check(&lg, i, &regions[i]);
+		if (err)
+			return err;
+		total += regions[i].length / regions[i].page_size;
+		any_file |= regions[i].mem == NULL;
+	}
+
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->lg = lg;
+	s->opts = o;
+	if (!s->opts.zlib_level)
+		s->opts.zlib_level = 1;
+	if (!s->opts.handshake_timeout_ms)
+		s->opts.handshake_timeout_ms = 10000;
+	s->batch = o.batch_bytes ? o.batch_bytes : SRC_BATCH_DEFAULT;
+	if (s->batch > SRC_BATCH_MAX)
+		s->batch = SRC_BATCH_MAX;
+	s->batch = (s->batch + PCOPY_TARGET_PAGE - 1) & ~(size_t)(PCOPY_TARGET_PAGE - 1);
+	s->chunk = PCOPY_TARGET_PAGE;
+	while (s->chunk * 2 <= s->batch)
+		s->chunk *= 2;
+	s->fd = -1;
+	s->stop_fd = -1;
+	s->n = n;
+	s->total_pages = total;
+	pcopy_errslot_init(&s->es);
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	atomic_init(&s->over, false);
+	atomic_init(&s->pages_left, total);
+
+	s->hello.version = PCOPY_WIRE_VERSION;
+	s->hello.role = PCOPY_ROLE_SOURCE;
+	s->hello.conn_kind = PCOPY_CONN_MAIN;
+	s->hello.features = (o.flags & PCOPY_SOURCE_ZLIB) ? PCOPY_FEAT_ZLIB : 0;
+	s->hello.target_page = PCOPY_TARGET_PAGE;
+	s->hello.nregions = n;
+	total = 0;
+	for (i = 0; i < n; i++) {
+		const struct pcopy_source_region *u = &regions[i];
+		struct src_region *r = &s->reg[i];
+		uint64_t w, nw;
+
+		snprintf(r->name, sizeof(r->name), "%s", u->name);
+		r->mem = u->mem;
+		r->fd = u->mem ? -1 : u->fd;
+		r->file_offset = u->file_offset;
+		r->length = u->length;
+		r->page_size = u->page_size;
+		r->npages = u->length / u->page_size;
+		r->first = total;
+		total += r->npages;
+		nw = (r->npages + 63) / 64;
+		r->unsent = calloc(nw, sizeof(*r->unsent));
+		if (!r->unsent) {
+			s->n = i;
+			source_free(s);
+			return -ENOMEM;
+		}
+		/* all ones, except past the last page: the scan relies on it */
+		for (w = 0; w < nw; w++)
+			atomic_init(&r->unsent[w], ~UINT64_C(0));
+		if (r->npages % 64)
+			atomic_init(&r->unsent[nw - 1],
+				    (UINT64_C(1) << (r->npages % 64)) - 1);
+		snprintf(s->hello.regions[i].name, sizeof(s->hello.regions[i].name),
+			 "%s", u->name);
+		s->hello.regions[i].length = u->length;
+		s->hello.regions[i].host_page = (uint32_t)u->page_size;
+	}
+	err = src_queue_init(&s->q, s->total_pages);
+	if (!err)
+		err = src_window_init(&s->win, any_file ? s->batch : 0);
+	if (err) {
+		source_free(s);
+		return err;
+	}
+	*sp = s;
+	return 0;
+}
+
+/* See source.h. The state changes under s->lock, after the error slot is
+ * filled, so a waiter that sees FAILED also sees the message. */
+void src_end(struct pcopy_source *s, int err, bool notify, const char *fmt, ...)
+{
+	char msg[PCOPY_ERRMSG_MAX];
+	uint64_t one = 1;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+
+	pthread_mutex_lock(&s->lock);
+	if (s->state == SRC_DONE || s->state == SRC_FAILED) {
+		pthread_mutex_unlock(&s->lock);
+		if (err)
+			pcopy_log(&s->lg, PCOPY_LOG_DEBUG,
+				  "after the end of the session: %s", msg);
+		return;
+	}
+	/* the message is in place before any waiter can see the state */
+	if (err)
+		pcopy_errslot_set(&s->es, &s->lg, err, "%s", msg);
+	else
+		pcopy_log(&s->lg, PCOPY_LOG_INFO, "%s", msg);
+	s->state = err ? SRC_FAILED : SRC_DONE;
+	s->notify_peer = err && notify;
+	s->t_end = pcopy_now_ns();
+	atomic_store(&s->over, true);
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+
+	src_queue_close(&s->q);	/* wakes a sender waiting after END */
+	if (s->stop_fd >= 0 && write(s->stop_fd, &one, sizeof(one)) < 0) {
+		/* an eventfd write only fails on counter overflow: it is
+		 * readable then anyway */
+	}
+}
+
+/* Handle one REQ message: validate every entry, then queue them. */
+static int on_req(struct pcopy_source *s, const struct wire_hdr *h,
+		  const uint8_t *buf, struct wire_req *reqs)
+{
+	char msg[PCOPY_ERRMSG_MAX] = "";
+	unsigned i;
+	int err;
+
+	SRC_STAT_ADD(s, request_msgs, 1);
+	if (h->count < 1 || h->count > PCOPY_REQ_MAX_ENTRIES ||
+	    h->length != (uint64_t)h->count * PCOPY_REQ_ENTRY_SIZE) {
+		src_end(s, -EPROTO, true,
+			"destination sent a REQ with %u entries in %u bytes (1..%u entries of %u bytes expected)",
+			h->count, h->length, PCOPY_REQ_MAX_ENTRIES,
+			PCOPY_REQ_ENTRY_SIZE);
+		return -EPROTO;
+	}
+	err = wire_req_decode(buf, h->count, reqs, s->hello.regions, s->n,
+			      msg, sizeof(msg));
+	if (err) {
+		src_end(s, err, true, "destination sent a bad REQ: %s",
+			msg[0] ? msg : pcopy_strerror(err));
+		return err;
+	}
+	for (i = 0; i < h->count; i++) {
+		err = src_request(s, &reqs[i]);
+		if (err) {
+			src_end(s, err, true, "queueing a request: %s",
+				strerror(-err));
+			return err;
+		}
+	}
+	return 0;
+}
+
+/* Handle the destination's ERROR message: the session fails with its text. */
+static void on_error(struct pcopy_source *s, const struct wire_hdr *h,
+		     const uint8_t *buf)
+{
+	char text[PCOPY_ERROR_TEXT_MAX + 1] = "";
+	int errnum = 0;
+
+	if (wire_error_decode(buf, h->length, &errnum, text, sizeof(text))) {
+		src_end(s, -EPROTO, true,
+			"destination sent a malformed ERROR message (%u bytes)",
+			h->length);
+		return;
+	}
+	src_end(s, errnum > 0 && errnum < 4096 ? -errnum : -EPROTO, false,
+		"destination reported an error (%d): %s", errnum, text);
+}
+
+/*
+ * The request-reader thread: REQ -> queue, DONE -> success, ERROR -> the
+ * peer's failure, anything else -> protocol error. Exits when the session
+ * ends (stop_fd). Returns NULL. Reader thread.
+ */
+static void *reader_main(void *arg)
+{
+	struct pcopy_source *s = arg;
+	uint8_t *buf = malloc(PCOPY_WIRE_PAYLOAD_MAX);
+	struct wire_req *reqs = malloc(PCOPY_REQ_MAX_ENTRIES * sizeof(*reqs));
+	char msg[PCOPY_ERRMSG_MAX];
+	struct wire_hdr h;
+	uint64_t left;
+	int err;
+
+	if (!buf || !reqs) {
+		src_end(s, -ENOMEM, true, "request reader: out of memory");
+		goto out;
+	}
+	while (!atomic_load(&s->over)) {
+		msg[0] = '\0';
+		err = conn_recv_msg(s->fd, &h, buf, PCOPY_WIRE_PAYLOAD_MAX, 0,
+				    s->stop_fd, msg, sizeof(msg));
+		if (atomic_load(&s->over) || err == -ECANCELED)
+			break;
+		if (err == -ECONNRESET || err == -EPIPE) {
+			src_end(s, err, false,
+				"destination closed the connection before DONE (%s)",
+				msg[0] ? msg : strerror(-err));
+			break;
+		}
+		if (err) {
+			src_end(s, err, err == -EPROTO || err == -EBADMSG,
+				"receiving from the destination: %s",
+				msg[0] ? msg : strerror(-err));
+			break;
+		}
+		switch (h.type) {
+		case PCOPY_MSG_REQ:
+			if (on_req(s, &h, buf, reqs))
+				goto out;
+			break;
+		case PCOPY_MSG_DONE:
+			left = atomic_load(&s->pages_left);
+			if (left)
+				src_end(s, -EPROTO, true,
+					"destination sent DONE with %llu host pages not sent yet",
+					(unsigned long long)left);
+			else
+				src_end(s, 0, false,
+					"destination reports the restore complete");
+			goto out;
+		case PCOPY_MSG_ERROR:
+			on_error(s, &h, buf);
+			goto out;
+		default:
+			src_end(s, -EPROTO, true,
+				"unexpected message type %u from the destination",
+				h.type);
+			goto out;
+		}
+	}
+out:
+	free(buf);
+	free(reqs);
+	return NULL;
+}
+
+/* Start a thread with every signal blocked: the caller's handlers never run
+ * on library threads. */
+static int thread_start(pthread_t *t, void *(*fn)(void *), void *arg)
+{
+	sigset_t all, old;
+	int err;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	err = pthread_create(t, NULL, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return -err;
+}
+
+static uint64_t session_id(const struct pcopy_source *s)
+{
+	uint64_t id;
+
+	if (getrandom(&id, sizeof(id), GRND_NONBLOCK) == (ssize_t)sizeof(id))
+		return id;
+	/* no entropy yet: unique enough to tell sessions apart */
+	return pcopy_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)s;
+}
+
+/*
+ * Handshake over fd (blocking, up to handshake_timeout_ms), then start the
+ * request reader and the sender. Takes ownership of fd in every case (closed
+ * now on a misuse error, else at destroy). Returns 0, or -errno with a
+ * message in pcopy_source_error() (-EPROTO when the region tables differ);
+ * a failed start also makes pcopy_source_wait() return the error. Caller's
+ * thread.
+ */
+int pcopy_source_start(struct pcopy_source *s, int fd)
+{
+	char msg[PCOPY_ERRMSG_MAX] = "";
+	struct wire_hello *peer = NULL;
+	uint32_t features = 0;
+	int err, lowat = SRC_NOTSENT_LOWAT;
+
+	if (!s || fd < 0) {
+		if (fd >= 0)
+			close(fd);
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&s->lock);
+	err = (s->state != SRC_INIT || s->fd >= 0) ? -EINVAL : 0;
+	if (!err)
+		s->fd = fd;
+	pthread_mutex_unlock(&s->lock);
+	if (err) {
+		pcopy_log(&s->lg, PCOPY_LOG_ERROR,
+			  "pcopy_source_start: already started");
+		close(fd);
+		return err;
+	}
+	s->t_start = pcopy_now_ns();
+	/* Bound background data queued in the kernel so a requested page does
+	 * not wait behind megabytes of it. Only TCP has this; ignore failure. */
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat,
+			 sizeof(lowat));
+	s->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	peer = malloc(sizeof(*peer));
+	if (s->stop_fd < 0 || !peer) {
+		err = s->stop_fd < 0 ? -errno : -ENOMEM;
+		src_end(s, err, false, "pcopy_source_start: %s", strerror(-err));
+		goto out;
+	}
+	s->hello.session_id = session_id(s);
+	err = conn_handshake(fd, &s->hello, peer, &features,
+			     s->opts.handshake_timeout_ms, msg, sizeof(msg));
+	if (err) {
+		src_end(s, err, false, "handshake failed: %s",
+			msg[0] ? msg : pcopy_strerror(err));
+		goto out;
+	}
+	s->features = features & s->hello.features;
+	if (s->features & PCOPY_FEAT_ZLIB) {
+		err = codec_zlib_new(&s->zlib, true, s->opts.zlib_level);
+		s->zbuf = err ? NULL : malloc(PCOPY_TARGET_PAGE);
+		if (!err && !s->zbuf)
+			err = -ENOMEM;
+		if (err) {
+			src_end(s, err, true, "zlib setup failed: %s",
+				strerror(-err));
+			goto out;
+		}
+	}
+	pcopy_log(&s->lg, PCOPY_LOG_INFO,
+		  "source: session %016llx, %u regions, %llu host pages, zlib %s",
+		  (unsigned long long)s->hello.session_id, s->n,
+		  (unsigned long long)s->total_pages,
+		  s->zlib ? "on" : "off");
+
+	pthread_mutex_lock(&s->lock);
+	if (s->state == SRC_INIT)
+		s->state = SRC_RUNNING;
+	pthread_mutex_unlock(&s->lock);
+	err = thread_start(&s->reader, reader_main, s);
+	if (err) {
+		src_end(s, err, true, "cannot start the request reader: %s",
+			strerror(-err));
+		goto out;
+	}
+	s->reader_started = true;
+	err = thread_start(&s->sender, src_sender_main, s);
+	if (err) {
+		src_end(s, err, false, "cannot start the sender: %s",
+			strerror(-err));
+		goto out;
+	}
+	s->sender_started = true;
+out:
+	free(peer);
+	return err;
+}
+
+/*
+ * Wait for the end of the session: 0 when the destination sent DONE, the
+ * error that ended it, -ETIMEDOUT after timeout_ms (< 0: forever), or
+ * -EINVAL if never started. Any thread; several may wait at once.
+ */
+int pcopy_source_wait(struct pcopy_source *s, int timeout_ms)
+{
+	struct timespec ts;
+	int err = 0;
+
+	if (!s)
+		return -EINVAL;
+	if (timeout_ms >= 0) {
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += timeout_ms / 1000;
+		ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+	}
+	pthread_mutex_lock(&s->lock);
+	while (s->state == SRC_RUNNING && !err) {
+		if (timeout_ms < 0)
+			pthread_cond_wait(&s->cond, &s->lock);
+		else if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT)
+			err = -ETIMEDOUT;
+	}
+	if (s->state == SRC_INIT)
+		err = -EINVAL;
+	else if (s->state == SRC_DONE)
+		err = 0;
+	else if (s->state == SRC_FAILED)
+		err = pcopy_errslot_get(&s->es);
+	pthread_mutex_unlock(&s->lock);
+	return err;
+}
+
+/* Copy the counters into *st (source meaning of each field in postcopy.h;
+ * host_pages_received counts host pages sent). Returns 0 or -EINVAL. Any
+ * thread. */
+int pcopy_source_stats(struct pcopy_source *s, struct pcopy_stats *st)
+{
+	uint64_t t0, t1;
+
+	if (!s || !st)
+		return -EINVAL;
+	memset(st, 0, sizeof(*st));
+	st->host_pages_total = s->total_pages;
+	st->host_pages_received = atomic_load(&s->st.host_pages_sent);
+	st->pages_zero = atomic_load(&s->st.pages_zero);
+	st->pages_raw = atomic_load(&s->st.pages_raw);
+	st->pages_zlib = atomic_load(&s->st.pages_zlib);
+	st->bytes_wire = atomic_load(&s->st.bytes_wire);
+	st->bytes_payload = atomic_load(&s->st.bytes_payload);
+	st->requests = atomic_load(&s->st.requests);
+	st->request_msgs = atomic_load(&s->st.request_msgs);
+	st->duplicates = atomic_load(&s->st.duplicates);
+	pthread_mutex_lock(&s->lock);
+	t0 = s->t_start;
+	t1 = s->t_end;
+	pthread_mutex_unlock(&s->lock);
+	if (t0)
+		st->elapsed_ns = (t1 ? t1 : pcopy_now_ns()) - t0;
+	return 0;
+}
+
+/* Message of the error that ended the session, or "". Valid until destroy.
+ * Any thread. */
+const char *pcopy_source_error(struct pcopy_source *s)
+{
+	if (!s)
+		return "";
+	if (!pcopy_errslot_get(&s->es))
+		return "";
+	return s->es.msg;
+}
+
+/*
+ * Stop both threads (shutdown() unblocks a sender stuck on a full socket,
+ * stop_fd the reader), join them, close the connection, free everything.
+ * Accepts NULL; any moment. Caller's thread, never a library callback.
+ */
+void pcopy_source_destroy(struct pcopy_source *s)
+{
+	if (!s)
+		return;
+	if (s->reader_started || s->sender_started)
+		src_end(s, -ECANCELED, false, "source destroyed");
+	if (s->fd >= 0)
+		shutdown(s->fd, SHUT_RDWR);
+	if (s->reader_started)
+		pthread_join(s->reader, NULL);
+	if (s->sender_started)
+		pthread_join(s->sender, NULL);
+	source_free(s);
+}
+
+/* Ring capacity of the request queue (test/check_source.c). */
+size_t src_debug_queue_capacity(struct pcopy_source *s)
+{
+	return src_queue_capacity(&s->q);
+}
+
+/* File bytes read by the snapshot-file backend (test/check_source.c). */
+uint64_t src_debug_file_bytes_read(struct pcopy_source *s)
+{
+	return atomic_load(&s->win.bytes_read);
+}

@@ -119,6 +119,8 @@ struct pcopy_source {
 	struct pcopy_errslot es;
 	struct pcopy_source_opts opts;	/* defaults filled in */
 	size_t batch;			/* background bytes per batch */
+	size_t chunk;			/* largest power of two <= batch: host
+					   pages are read in chunks of it */
 
 	unsigned n;
 	struct src_region reg[PCOPY_REGIONS_MAX];
@@ -144,7 +146,7 @@ struct pcopy_source {
 	bool notify_peer;		/* failure the peer has not heard about */
 	uint64_t t_start, t_end;
 
-	_Atomic uint64_t pages_left;	/* host pages not yet sent */
+	_Atomic uint64_t pages_left;	/* host pages not yet claimed to send */
 	struct src_counters st;
 };
 

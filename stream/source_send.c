@@ -25,12 +25,19 @@ static bool unsent_test(struct src_region *r, uint64_t p)
  * sender clears bits, so a claimed page is sent exactly once; the reader only
  * reads them to skip requests for pages already sent.
  */
-static bool unsent_claim(struct src_region *r, uint64_t p)
+static bool unsent_claim(struct pcopy_source *s, struct src_region *r,
+			 uint64_t p)
 {
 	uint64_t bit = UINT64_C(1) << (p % 64);
 
-	return atomic_fetch_and_explicit(&r->unsent[p / 64], ~bit,
-					 memory_order_relaxed) & bit;
+	if (!(atomic_fetch_and_explicit(&r->unsent[p / 64], ~bit,
+					memory_order_relaxed) & bit))
+		return false;
+	/* Counted at claim time, not after the send: the destination may
+	 * read the last page and send DONE before send_host_page returns,
+	 * and the reader must then find nothing left. */
+	atomic_fetch_sub_explicit(&s->pages_left, 1, memory_order_relaxed);
+	return true;
 }
 
 /* Global host-page index -> region; at most 64 regions, so a linear scan. */
@@ -205,7 +212,7 @@ static int page_zero(struct pcopy_source *s, unsigned ri, struct run *rn,
 static int send_host_page(struct pcopy_source *s, unsigned ri, uint64_t p)
 {
 	struct src_region *r = &s->reg[ri];
-	size_t chunk = r->page_size < s->batch ? r->page_size : s->batch;
+	size_t chunk = r->page_size < s->chunk ? r->page_size : s->chunk;
 	size_t base = (size_t)p * r->page_size, c, i;
 	struct run rn = { 0 };
 	struct src_view v;
@@ -237,7 +244,6 @@ static int send_host_page(struct pcopy_source *s, unsigned ri, uint64_t p)
 	if ((err = flush_zero(s, ri, &rn)))
 		return err;
 	SRC_STAT_ADD(s, host_pages_sent, 1);
-	atomic_fetch_sub_explicit(&s->pages_left, 1, memory_order_release);
 	return 0;
 }
 
@@ -314,7 +320,7 @@ static int serve_requests(struct pcopy_source *s, struct cursor *cur)
 		unsigned ri = region_of(s, g);
 		uint64_t p = g - s->reg[ri].first;
 
-		if (!unsent_claim(&s->reg[ri], p)) {
+		if (!unsent_claim(s, &s->reg[ri], p)) {
 			/* sent by the scan since it was queued */
 			SRC_STAT_ADD(s, duplicates, 1);
 			continue;
@@ -392,7 +398,7 @@ void *src_sender_main(void *arg)
 		err = serve_requests(s, &cur);
 		if (err)
 			break;
-		if (!atomic_load_explicit(&s->pages_left, memory_order_acquire)) {
+		if (!atomic_load_explicit(&s->pages_left, memory_order_relaxed)) {
 			finish(s);
 			break;
 		}
@@ -412,7 +418,7 @@ void *src_sender_main(void *arg)
 			p = cur.p;
 			ps = s->reg[ri].page_size;
 
-			unsent_claim(&s->reg[ri], p);
+			unsent_claim(s, &s->reg[ri], p);
 			err = send_host_page(s, ri, p);
 			if (err)
 				break;

@@ -1,2 +1,569 @@
 /* SPDX-License-Identifier: MIT */
-/* placeholder: being written */
+/*
+ * The destination handle: create (validate, arm the userfaultfd), start
+ * (handshake, two threads), wait, completion and failure, destroy.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define HUGE_2M (2u << 20)
+
+/* Fill o with defaults. Any thread. */
+void pcopy_dest_opts_init(struct pcopy_dest_opts *o)
+{
+	if (!o)
+		return;
+	memset(o, 0, sizeof(*o));
+	o->size = sizeof(*o);
+	o->uffd = -1;
+	o->fail_mode = PCOPY_FAIL_BLOCK;
+}
+
+/* ---- completion and failure ---- */
+
+/* Any thread. */
+uint64_t dest_missing(const struct pcopy_dest *d)
+{
+	return d->total_pages -
+	       atomic_load_explicit(&d->received, memory_order_acquire);
+}
+
+static void kick(int efd)
+{
+	uint64_t one = 1;
+
+	if (efd >= 0 && write(efd, &one, sizeof(one)) < 0) {
+		/* EAGAIN: the counter is saturated, the reader is awake anyway */
+	}
+}
+
+static void fail_record(struct pcopy_dest *d, int err, bool notify,
+			const char *fmt, va_list ap)
+{
+	char msg[PCOPY_ERRMSG_MAX];
+
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (atomic_load(&d->stopping)) {
+		pcopy_log(&d->log, PCOPY_LOG_DEBUG, "during destroy: %s", msg);
+		return;
+	}
+	pthread_mutex_lock(&d->lock);
+	if (d->finishing) {
+		pthread_mutex_unlock(&d->lock);
+		pcopy_log(&d->log, PCOPY_LOG_WARN, "after the restore ended: %s", msg);
+		return;
+	}
+	d->finishing = true;
+	pcopy_errslot_set(&d->err, &d->log, err, "%s", msg);
+	atomic_store_explicit(&d->failed, true, memory_order_release);
+	d->done = true;
+	d->result = err;
+	pthread_cond_broadcast(&d->cond);
+	pthread_mutex_unlock(&d->lock);
+	kick(d->kick_efd);	/* SIGBUS mode: the fault thread wakes the waiters */
+	if (notify && d->on_event)
+		d->on_event(d->event_opaque, err);
+}
+
+/* Record a fatal error (see internal.h). Library threads. */
+void dest_fail(struct pcopy_dest *d, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	fail_record(d, err, true, fmt, ap);
+	va_end(ap);
+}
+
+/* Same, from the caller's thread: no on_event (the caller gets the error). */
+static void fail_sync(struct pcopy_dest *d, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void fail_sync(struct pcopy_dest *d, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	fail_record(d, err, false, fmt, ap);
+	va_end(ap);
+}
+
+/* Every page is in: tell the source, unregister (only now: unregistered
+ * missing pages would read as zeros), wake waiters, report. Receiver. */
+static void complete(struct pcopy_dest *d)
+{
+	struct wire_hdr h = { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_DONE };
+	int rc;
+
+	pthread_mutex_lock(&d->lock);
+	if (d->finishing) {
+		pthread_mutex_unlock(&d->lock);
+		return;
+	}
+	d->finishing = true;
+	pthread_mutex_unlock(&d->lock);
+
+	rc = dest_send(d, &h, NULL, 0);
+	if (rc < 0)
+		pcopy_log(&d->log, PCOPY_LOG_WARN,
+			  "restore complete, but sending DONE failed: %s",
+			  strerror(-rc));
+	dest_uffd_unregister(d);
+	atomic_store(&d->end_ns, pcopy_now_ns());
+	pcopy_log(&d->log, PCOPY_LOG_INFO, "restore complete: %" PRIu64 " host pages",
+		  d->total_pages);
+
+	pthread_mutex_lock(&d->lock);
+	d->done = true;
+	d->result = 0;
+	pthread_cond_broadcast(&d->cond);
+	pthread_mutex_unlock(&d->lock);
+	if (d->on_event)
+		d->on_event(d->event_opaque, 0);
+}
+
+/* Receiver thread (placement). */
+void dest_page_received(struct pcopy_dest *d)
+{
+	uint64_t v = atomic_fetch_add_explicit(&d->received, 1,
+					       memory_order_acq_rel) + 1;
+
+	if (v == d->total_pages)
+		complete(d);
+}
+
+/* Returns 0 or -errno. Fault thread and receiver. */
+int dest_send(struct pcopy_dest *d, struct wire_hdr *h, const void *p, size_t len)
+{
+	int rc;
+
+	pthread_mutex_lock(&d->wlock);
+	rc = d->fd >= 0 ? conn_send_msg(d->fd, h, p, len) : -ENOTCONN;
+	pthread_mutex_unlock(&d->wlock);
+	return rc;
+}
+
+/* Binary search over regions sorted by address. Any thread. */
+struct dest_region *dest_find_region(struct pcopy_dest *d, uint64_t addr)
+{
+	unsigned lo = 0, hi = d->nreg;
+
+	while (lo < hi) {
+		unsigned mid = (lo + hi) / 2;
+		struct dest_region *r = &d->reg[d->order[mid]];
+
+		if (addr < (uintptr_t)r->host)
+			hi = mid;
+		else if (addr >= (uintptr_t)r->host + r->length)
+			lo = mid + 1;
+		else
+			return r;
+	}
+	return NULL;
+}
+
+/* ---- create ---- */
+
+static int check_regions(const struct pcopy_logger *lg,
+			 const struct pcopy_region *rg, unsigned n)
+{
+	unsigned i, j;
+
+	if (!rg || n == 0 || n > PCOPY_REGIONS_MAX) {
+		pcopy_log(lg, PCOPY_LOG_ERROR, "need 1..%u regions, got %u%s",
+			  PCOPY_REGIONS_MAX, n, rg ? "" : " (NULL table)");
+		return -EINVAL;
+	}
+	for (i = 0; i < n; i++) {
+		const struct pcopy_region *r = &rg[i];
+		size_t nl = r->name ? strnlen(r->name, PCOPY_NAME_MAX + 1) : 0;
+
+		if (nl == 0 || nl > PCOPY_NAME_MAX) {
+			pcopy_log(lg, PCOPY_LOG_ERROR,
+				  "region %u: name %s (1..%u bytes)", i,
+				  nl ? "too long" : "missing or empty", PCOPY_NAME_MAX);
+			return -EINVAL;
+		}
+		if (r->page_size != 4096 && r->page_size != HUGE_2M) {
+			pcopy_log(lg, PCOPY_LOG_ERROR,
+				  "region '%s': page_size %zu (must be 4096 or 2 MiB)",
+				  r->name, r->page_size);
+			return -EINVAL;
+		}
+		if (!r->host || ((uintptr_t)r->host & (r->page_size - 1))) {
+			pcopy_log(lg, PCOPY_LOG_ERROR,
+				  "region '%s': host %p is %s", r->name, r->host,
+				  r->host ? "not aligned to page_size" : "NULL");
+			return -EINVAL;
+		}
+		if (!r->length || (r->length & (r->page_size - 1)) ||
+		    (uintptr_t)r->host + r->length < (uintptr_t)r->host) {
+			pcopy_log(lg, PCOPY_LOG_ERROR,
+				  "region '%s': length %zu is not a non-zero multiple of page_size %zu",
+				  r->name, r->length, r->page_size);
+			return -EINVAL;
+		}
+		for (j = 0; j < i; j++) {
+			uintptr_t a = (uintptr_t)r->host, b = (uintptr_t)rg[j].host;
+
+			if (a < b + rg[j].length && b < a + r->length) {
+				pcopy_log(lg, PCOPY_LOG_ERROR,
+					  "regions '%s' and '%s' overlap",
+					  rg[j].name, r->name);
+				return -EINVAL;
+			}
+		}
+	}
+	return 0;
+}
+
+static int cmp_host(const void *a, const void *b, void *arg)
+{
+	const struct pcopy_dest *d = arg;
+	uintptr_t x = (uintptr_t)d->reg[*(const unsigned *)a].host;
+	uintptr_t y = (uintptr_t)d->reg[*(const unsigned *)b].host;
+
+	return x < y ? -1 : x > y;
+}
+
+static int setup_regions(struct pcopy_dest *d, const struct pcopy_region *rg,
+			 unsigned n)
+{
+	unsigned i;
+	int rc;
+
+	d->nreg = n;
+	d->hello.version = PCOPY_WIRE_VERSION;
+	d->hello.role = PCOPY_ROLE_DEST;
+	d->hello.conn_kind = PCOPY_CONN_MAIN;
+	d->hello.features = (d->flags & PCOPY_DEST_NO_ZLIB) ? 0 : PCOPY_FEAT_ZLIB;
+	d->hello.target_page = PCOPY_TARGET_PAGE;
+	d->hello.nregions = n;
+	for (i = 0; i < n; i++) {
+		struct dest_region *r = &d->reg[i];
+
+		snprintf(r->name, sizeof(r->name), "%s", rg[i].name);
+		r->host = rg[i].host;
+		r->length = rg[i].length;
+		r->page_size = rg[i].page_size;
+		r->shift = (unsigned)__builtin_ctzll(r->page_size);
+		r->npages = r->length >> r->shift;
+		r->first = d->total_pages;
+		d->total_pages += r->npages;
+		if (r->page_size > d->max_page)
+			d->max_page = r->page_size;
+		rc = dbm_init(&r->requested, r->npages);
+		if (!rc)
+			rc = dbm_init(&r->received, r->npages);
+		if (rc)
+			return rc;
+		snprintf(d->hello.regions[i].name, sizeof(d->hello.regions[i].name),
+			 "%s", r->name);
+		d->hello.regions[i].length = r->length;
+		d->hello.regions[i].host_page = (uint32_t)r->page_size;
+		d->order[i] = i;
+	}
+	qsort_r(d->order, n, sizeof(d->order[0]), cmp_host, d);
+	d->fault_ns_bytes = d->total_pages * sizeof(uint64_t);
+	d->fault_ns = mmap(NULL, d->fault_ns_bytes, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (d->fault_ns == MAP_FAILED) {
+		d->fault_ns = NULL;
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/*
+ * Returns 0 and *out, or -errno (logged). Takes ownership of opts->uffd even
+ * on failure. Caller's thread. Not thread-safe with respect to the regions.
+ */
+int pcopy_dest_create(struct pcopy_dest **out, const struct pcopy_region *regions,
+		      unsigned n, const struct pcopy_dest_opts *opts)
+{
+	struct pcopy_dest_opts o;
+	struct pcopy_logger lg;
+	struct pcopy_dest *d;
+	pthread_condattr_t ca;
+	int rc, uffd_in;
+
+	pcopy_dest_opts_init(&o);
+	if (opts) {
+		if (opts->size < offsetof(struct pcopy_dest_opts, uffd) + sizeof(int)) {
+			if (opts->size >= sizeof(size_t) + sizeof(unsigned))
+				o.flags = opts->flags;
+			rc = -EINVAL;
+			goto fail_early;
+		}
+		memcpy(&o, opts, opts->size < sizeof(o) ? opts->size : sizeof(o));
+		o.size = sizeof(o);
+	}
+	lg = (struct pcopy_logger){ o.log, o.log_opaque };
+	uffd_in = o.uffd;
+	if (!out) {
+		rc = -EINVAL;
+		goto fail_early;
+	}
+	*out = NULL;
+	rc = check_regions(&lg, regions, n);
+	if (rc)
+		goto fail_early;
+	if (o.fail_mode != PCOPY_FAIL_BLOCK && o.fail_mode != PCOPY_FAIL_SIGBUS) {
+		pcopy_log(&lg, PCOPY_LOG_ERROR, "unknown fail_mode %d", (int)o.fail_mode);
+		rc = -EINVAL;
+		goto fail_early;
+	}
+	if ((o.flags & PCOPY_DEST_UFFD_REGISTERED) && uffd_in < 0) {
+		pcopy_log(&lg, PCOPY_LOG_ERROR,
+			  "PCOPY_DEST_UFFD_REGISTERED without a userfaultfd in opts.uffd");
+		rc = -EINVAL;
+		goto fail_early;
+	}
+	d = calloc(1, sizeof(*d));
+	if (!d) {
+		rc = -ENOMEM;
+		goto fail_early;
+	}
+	d->log = lg;
+	d->on_event = o.on_event;
+	d->event_opaque = o.event_opaque;
+	d->fail_mode = o.fail_mode;
+	d->flags = o.flags;
+	d->handshake_timeout_ms = o.handshake_timeout_ms > 0 ? o.handshake_timeout_ms
+							     : 10000;
+	d->uffd = d->fd = d->stop_efd = d->kick_efd = -1;
+	pcopy_errslot_init(&d->err);
+	pthread_mutex_init(&d->lock, NULL);
+	pthread_mutex_init(&d->wlock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&d->cond, &ca);
+	pthread_condattr_destroy(&ca);
+
+	rc = setup_regions(d, regions, n);
+	if (rc)
+		goto fail;
+	d->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	d->kick_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (d->stop_efd < 0 || d->kick_efd < 0) {
+		rc = -errno;
+		goto fail;
+	}
+	rc = dest_uffd_setup(d, uffd_in);	/* owns uffd_in from here */
+	uffd_in = -1;
+	if (rc)
+		goto fail;
+	*out = d;
+	return 0;
+fail:
+	if (uffd_in >= 0)
+		close(uffd_in);
+	pcopy_dest_destroy(d);
+	return rc;
+fail_early:
+	if (o.uffd >= 0)
+		close(o.uffd);
+	return rc;
+}
+
+/* ---- start ---- */
+
+static int start_thread(struct pcopy_dest *d, pthread_t *t, void *(*fn)(void *))
+{
+	sigset_t all, old;
+	int rc;
+
+	/* Library threads take no asynchronous signals meant for the app. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	rc = pthread_create(t, NULL, fn, d);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return -rc;
+}
+
+/* Returns 0 or -errno (message in pcopy_dest_error). Caller's thread. */
+int pcopy_dest_start(struct pcopy_dest *d, int fd)
+{
+	char err[PCOPY_ERRMSG_MAX];
+	struct wire_hello peer;
+	uint32_t feat = 0;
+	int rc, fl;
+
+	if (!d || fd < 0) {
+		if (fd >= 0)
+			close(fd);
+		return -EINVAL;
+	}
+	if (d->fd >= 0 || d->finishing) {
+		close(fd);
+		return -EALREADY;
+	}
+	d->fd = fd;
+	/* Writes (REQ) block rather than fail with EAGAIN; destroy unblocks
+	 * them with shutdown(). */
+	fl = fcntl(fd, F_GETFL);
+	if (fl >= 0 && (fl & O_NONBLOCK))
+		fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+	err[0] = 0;
+	rc = conn_handshake(fd, &d->hello, &peer, &feat, d->handshake_timeout_ms,
+			    err, sizeof(err));
+	if (rc < 0) {
+		fail_sync(d, rc, "handshake: %s", err[0] ? err : strerror(-rc));
+		return rc;
+	}
+	d->features = feat;
+	rc = dest_recv_init(d);
+	if (rc < 0) {
+		fail_sync(d, rc, "receiver setup: %s", strerror(-rc));
+		return rc;
+	}
+	atomic_store(&d->start_ns, pcopy_now_ns());
+	rc = start_thread(d, &d->fault_thr, dest_fault_main);
+	if (rc < 0) {
+		fail_sync(d, rc, "starting the fault thread: %s", strerror(-rc));
+		return rc;
+	}
+	d->fault_thr_on = true;
+	rc = start_thread(d, &d->recv_thr, dest_recv_main);
+	if (rc < 0) {
+		fail_sync(d, rc, "starting the receiver: %s", strerror(-rc));
+		return rc;
+	}
+	d->recv_thr_on = true;
+	pcopy_log(&d->log, PCOPY_LOG_INFO,
+		  "restore started: %u regions, %" PRIu64 " host pages, features 0x%x",
+		  d->nreg, d->total_pages, feat);
+	return 0;
+}
+
+/* ---- wait / accessors ---- */
+
+/* Returns 0, -ETIMEDOUT or the error that ended the restore. Any thread. */
+int pcopy_dest_wait(struct pcopy_dest *d, int timeout_ms)
+{
+	struct timespec dl;
+	int rc = 0;
+
+	if (!d)
+		return -EINVAL;
+	if (timeout_ms >= 0) {
+		clock_gettime(CLOCK_MONOTONIC, &dl);
+		dl.tv_sec += timeout_ms / 1000;
+		dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+		if (dl.tv_nsec >= 1000000000L) {
+			dl.tv_sec++;
+			dl.tv_nsec -= 1000000000L;
+		}
+	}
+	pthread_mutex_lock(&d->lock);
+	while (!d->done && rc != ETIMEDOUT) {
+		if (timeout_ms < 0)
+			pthread_cond_wait(&d->cond, &d->lock);
+		else
+			rc = pthread_cond_timedwait(&d->cond, &d->lock, &dl);
+	}
+	rc = d->done ? d->result : -ETIMEDOUT;
+	pthread_mutex_unlock(&d->lock);
+	return rc;
+}
+
+/* Any thread; the message is set once, so the pointer stays valid. */
+const char *pcopy_dest_error(struct pcopy_dest *d)
+{
+	if (!d)
+		return "";
+	pcopy_errslot_get(&d->err);	/* orders us after the writer */
+	return d->err.msg;
+}
+
+/* Any thread. */
+int pcopy_dest_uffd(const struct pcopy_dest *d)
+{
+	return d ? d->uffd : -EINVAL;
+}
+
+/* ---- destroy ---- */
+
+/* Unreceived memory becomes PROT_NONE before the uffd closes: closing wakes
+ * blocked faults, and without registration they would map zero pages. */
+static void protect_unreceived(struct pcopy_dest *d)
+{
+	unsigned i;
+
+	for (i = 0; i < d->nreg; i++) {
+		struct dest_region *r = &d->reg[i];
+		uint64_t s = 0, e;
+
+		while ((s = dbm_find(&r->received, s, false)) < r->npages) {
+			e = dbm_find(&r->received, s, true);
+			if (mprotect(r->host + (s << r->shift), (e - s) << r->shift,
+				     PROT_NONE) < 0) {
+				/* Typically ENOMEM: too many VMAs from a
+				 * fragmented bitmap. Lose the received pages
+				 * too rather than expose zeros. */
+				pcopy_log(&d->log, PCOPY_LOG_WARN,
+					  "mprotect region '%s' pages %" PRIu64 "-%" PRIu64 ": %s; protecting the whole region",
+					  r->name, s, e, strerror(errno));
+				if (mprotect(r->host, r->length, PROT_NONE) < 0)
+					pcopy_log(&d->log, PCOPY_LOG_ERROR,
+						  "mprotect region '%s': %s; its unreceived pages will read as zeros",
+						  r->name, strerror(errno));
+				break;
+			}
+			s = e;
+		}
+	}
+}
+
+/* Accepts NULL. Caller's thread, never a library callback. */
+void pcopy_dest_destroy(struct pcopy_dest *d)
+{
+	unsigned i;
+
+	if (!d)
+		return;
+	atomic_store(&d->stopping, true);
+	kick(d->stop_efd);
+	/* Unblocks a REQ/DONE write stuck on a full socket. */
+	if (d->fd >= 0)
+		shutdown(d->fd, SHUT_RDWR);
+	if (d->fault_thr_on)
+		pthread_join(d->fault_thr, NULL);
+	if (d->recv_thr_on)
+		pthread_join(d->recv_thr, NULL);
+	dest_recv_fini(d);
+	if (d->uffd >= 0) {
+		if (dest_missing(d) != 0)
+			protect_unreceived(d);
+		close(d->uffd);
+	}
+	if (d->fd >= 0)
+		close(d->fd);
+	if (d->stop_efd >= 0)
+		close(d->stop_efd);
+	if (d->kick_efd >= 0)
+		close(d->kick_efd);
+	for (i = 0; i < d->nreg; i++) {
+		dbm_free(&d->reg[i].requested);
+		dbm_free(&d->reg[i].received);
+	}
+	if (d->fault_ns)
+		munmap(d->fault_ns, d->fault_ns_bytes);
+	pthread_cond_destroy(&d->cond);
+	pthread_mutex_destroy(&d->wlock);
+	pthread_mutex_destroy(&d->lock);
+	pcopy_errslot_destroy(&d->err);
+	free(d);
+}

@@ -138,9 +138,11 @@ struct pcopy_dest {
 	_Atomic uint64_t received;	/* host pages received, all regions */
 	_Atomic bool failed;	/* the restore failed; fault thread checks it */
 
-	pthread_mutex_t lock;	/* protects done/result; waiters sleep on cond */
+	pthread_mutex_t lock;	/* protects finishing/done/result; waiters sleep on cond */
 	pthread_cond_t cond;
-	bool done;
+	bool finishing;		/* completion or failure claimed (first wins) */
+	bool done;		/* ... and finished: waiters may return */
+	_Atomic bool stopping;	/* destroy has begun: errors are not recorded */
 	int result;
 	_Atomic uint64_t start_ns;
 	_Atomic uint64_t end_ns;

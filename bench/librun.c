@@ -1,0 +1,180 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Run 4, the library: pcopy_dest_* here with toucher threads on the memory,
+ * pcopy_source_* in the server process (a child, or --serve elsewhere).
+ */
+#include "bench.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "postcopy.h"
+
+static void log_stderr(void *opaque, enum pcopy_log_level lvl, const char *msg)
+{
+	(void)opaque;
+	if (lvl <= PCOPY_LOG_WARN)
+		fprintf(stderr, "libpostcopy: %s\n", msg);
+}
+
+/* Verify the whole image after the restore (not timed). */
+static uint64_t verify_all(const uint8_t *base, size_t len)
+{
+	uint64_t bad = 0;
+
+	for (size_t pg = 0; pg < len / B_PAGE; pg++)
+		if (!img_page_ok(pg, base + pg * B_PAGE))
+			bad++;
+	return bad;
+}
+
+int run_lib(const struct b_opts *o, const struct b_addr *srv, enum b_order ord,
+	    struct b_result *r)
+{
+	size_t len = o->image_bytes;
+	struct b_touch_plan plan = { 0 };
+	struct b_touch_result tr;
+	struct b_touchers *tp = NULL;
+	struct pcopy_region reg = { .name = "ram", .length = len, .page_size = B_PAGE };
+	struct pcopy_dest_opts dopts;
+	struct pcopy_dest *d = NULL;
+	struct pcopy_stats st;
+	struct ctl_done done;
+	uint8_t *mem;
+	uint64_t t0, t_end, c0, c1, base, hwm;
+	int ctl = -1, fd = -1, rc, wrc;
+
+	memset(r, 0, sizeof(*r));
+	memset(&tr, 0, sizeof(tr));
+	memset(&st, 0, sizeof(st));
+	snprintf(r->run, sizeof(r->run), "lib");
+	snprintf(r->order, sizeof(r->order), "%s", b_order_name(ord));
+	r->touchers = ord == ORDER_NONE ? 0 : o->touchers;
+	r->first_touch_s = r->hot_s = -1;
+	mem = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (mem == MAP_FAILED) {
+		rc = -errno;
+		goto out;
+	}
+	reg.host = mem;
+	plan.base = mem;
+	plan.npages = len / B_PAGE;
+	rc = b_plan_build(&plan, ord, o);
+	if (rc < 0)
+		goto out_unmap;
+	pcopy_dest_opts_init(&dopts);
+	dopts.log = log_stderr;
+	b_reset_hwm();
+	base = b_vm_rss();
+	rc = pcopy_dest_create(&d, &reg, 1, &dopts);
+	if (rc < 0) {
+		snprintf(r->note, sizeof(r->note), "dest_create: %s", pcopy_strerror(rc));
+		goto out_plan;
+	}
+	rc = ctl_open(srv, CTL_LIB, o, &ctl, &fd);
+	if (rc < 0) {
+		snprintf(r->note, sizeof(r->note), "server: %s", strerror(-rc));
+		goto out_dest;
+	}
+	c0 = b_proc_cpu_ns();
+	t0 = b_now_ns();
+	rc = pcopy_dest_start(d, fd);	/* takes fd, even on failure */
+	fd = -1;
+	if (rc < 0) {
+		snprintf(r->note, sizeof(r->note), "dest_start: %s: %s",
+			 pcopy_strerror(rc), pcopy_dest_error(d));
+		goto out_ctl;
+	}
+	if (plan.threads) {
+		rc = b_touch_start(&tp, &plan);
+		if (rc == 0)
+			b_touch_join(tp, &tr);
+		if (ord == ORDER_HOT && tr.t_last_ns)
+			r->hot_s = (tr.t_last_ns - t0) / 1e9;
+	}
+	wrc = pcopy_dest_wait(d, 600000);
+	t_end = b_now_ns();
+	c1 = b_proc_cpu_ns();
+	hwm = b_vm_hwm();
+	if (wrc < 0) {
+		snprintf(r->note, sizeof(r->note), "dest_wait: %s: %s",
+			 pcopy_strerror(wrc), pcopy_dest_error(d));
+		if (rc == 0)
+			rc = wrc;
+	}
+	pcopy_dest_stats(d, &st);
+	if (tr.t_last_ns > t_end)
+		t_end = tr.t_last_ns;
+	r->total_s = (t_end - t0) / 1e9;
+	r->gbps = (double)len / (r->total_s * 1e9);
+	r->first_touch_s = tr.t_first_ns ? (tr.t_first_ns - t0) / 1e9 : -1;
+	r->dst_cpu_s = (c1 - c0) / 1e9;
+	r->dst_lib_cpu_s = (c1 - c0 - (tr.cpu_ns < c1 - c0 ? tr.cpu_ns : 0)) / 1e9;
+	/* Beyond the image and the bench's own latency arrays. */
+	r->mem_overhead_mib = ((double)hwm - (double)base - (double)len -
+			       (double)plan.threads * plan.norder * 4) / 1048576.0;
+	r->lib_faults = st.faults;
+	r->lib_requests = st.requests;
+	r->lib_dups = st.duplicates;
+	r->lib_p99_us = st.lat_p99_ns / 1e3;
+	b_result_fill_lat(r, &tr.lat);
+	r->bad_pages = tr.bad;
+	if (wrc == 0)
+		r->bad_pages += verify_all(mem, len);
+out_ctl:
+	/* The source ends its session when the destination is done (or gone):
+	 * destroy first, then collect the server's figures. */
+	pcopy_dest_destroy(d);
+	d = NULL;
+	if (ctl_finish(ctl, &done) == 0) {
+		r->src_cpu_s = done.cpu_ns / 1e9;
+		r->src_mem_overhead_mib = done.mem_overhead / 1048576.0;
+		if (done.rc < 0 && !r->note[0])
+			snprintf(r->note, sizeof(r->note), "source: %s (%s)", done.err,
+				 strerror(-done.rc));
+		if (rc == 0 && done.rc < 0)
+			rc = done.rc;
+	}
+	close(ctl);
+out_dest:
+	pcopy_dest_destroy(d);
+out_plan:
+	b_lat_free(&tr.lat);
+	b_plan_free(&plan);
+out_unmap:
+	munmap(mem, len);
+out:
+	r->rc = rc;
+	return rc;
+}
+
+int serve_lib(int fd, const uint8_t *image, size_t len, int file_fd,
+	      char *err, size_t errlen)
+{
+	struct pcopy_source_region reg = {
+		.name = "ram", .mem = file_fd < 0 ? image : NULL, .fd = file_fd,
+		.file_offset = 0, .length = len, .page_size = B_PAGE,
+	};
+	struct pcopy_source_opts so;
+	struct pcopy_source *s = NULL;
+	int rc;
+
+	pcopy_source_opts_init(&so);
+	so.log = log_stderr;
+	rc = pcopy_source_create(&s, &reg, 1, &so);
+	if (rc < 0) {
+		snprintf(err, errlen, "source_create: %s", pcopy_strerror(rc));
+		close(fd);
+		return rc;
+	}
+	rc = pcopy_source_start(s, fd);
+	if (rc == 0)
+		rc = pcopy_source_wait(s, 600000);
+	if (rc < 0)
+		snprintf(err, errlen, "%s", pcopy_source_error(s));
+	pcopy_source_destroy(s);
+	return rc;
+}

@@ -1,0 +1,134 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libFuzzer harness for the frame decoding path a receiver runs on a byte
+ * stream: wire_hdr_decode, wire_crc_check, wire_page_validate against a fixed
+ * region table, then the payload decoders, with zlib inflating into a buffer
+ * of exactly the validated size (so ASan sees any write past it).
+ * Input: one mode byte (FUZZ_MODE_*), then the stream. Build: test/fuzz.sh.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fuzz_common.h"
+#include "wire.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* Process one validated PAGE: decode its payload into a buffer of exactly
+ * count pages; anything else the validator let through is a bug. */
+static int decode_page(struct codec_zlib *z, const struct wire_hdr *h,
+		       const uint8_t *payload)
+{
+	size_t want = (size_t)h->count * PCOPY_TARGET_PAGE;
+	char err[256];
+	uint8_t *dst;
+	int ret = 0;
+
+	/* The validator bounds count by one host page (<= 2 MiB here). */
+	if (want == 0 || want > (2u << 20))
+		__builtin_trap();
+	dst = malloc(want);
+	if (!dst)
+		return -1;
+	switch (h->kind) {
+	case PCOPY_KIND_ZERO:
+		if (h->length != 0)
+			__builtin_trap();
+		memset(dst, 0, want);
+		break;
+	case PCOPY_KIND_RAW:
+		if (h->length != want)
+			__builtin_trap();
+		memcpy(dst, payload, want);
+		break;
+	case PCOPY_KIND_ZLIB:
+		err[0] = '\0';
+		ret = codec_zlib_decompress(z, payload, h->length, dst, want,
+					    err, sizeof(err));
+		/* A failure must come with a message. */
+		if (ret != 0 && err[0] == '\0')
+			__builtin_trap();
+		break;
+	default:
+		__builtin_trap();
+	}
+	free(dst);
+	return ret;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	struct wire_region tab[FUZZ_NREGIONS];
+	static struct wire_hello hello;		/* large; keep it off the stack */
+	static struct wire_req reqs[PCOPY_REQ_MAX_ENTRIES];
+	struct codec_zlib *z;
+	struct wire_hdr h;
+	uint32_t features, ntab;
+	bool strict;
+	char err[512], text[PCOPY_ERROR_TEXT_MAX + 1];
+	int errnum;
+
+	if (size < 1)
+		return 0;
+	features = (data[0] & FUZZ_MODE_ZLIB) ? PCOPY_FEAT_ZLIB : 0;
+	strict = data[0] & FUZZ_MODE_STRICT_CRC;
+	data++;
+	size--;
+	fuzz_table(tab, &ntab);
+	if (codec_zlib_new(&z, false, 0))
+		return 0;
+
+	while (size >= PCOPY_WIRE_HDR_SIZE) {
+		const uint8_t *hdr = data, *payload = data + PCOPY_WIRE_HDR_SIZE;
+
+		err[0] = '\0';
+		if (wire_hdr_decode(hdr, &h, err, sizeof(err))) {
+			if (err[0] == '\0')
+				__builtin_trap();
+			break;	/* a receiver drops the connection here */
+		}
+		if (h.length > PCOPY_WIRE_PAYLOAD_MAX)
+			__builtin_trap();
+		if (size - PCOPY_WIRE_HDR_SIZE < h.length)
+			break;	/* truncated stream */
+		if (wire_crc_check(hdr, &h, payload, err, sizeof(err)) && strict)
+			break;
+
+		switch (h.type) {
+		case PCOPY_MSG_PAGE:
+			if (wire_page_validate(&h, tab, ntab, features, err,
+					       sizeof(err)) == 0)
+				decode_page(z, &h, payload);
+			break;
+		case PCOPY_MSG_HELLO:
+			if (wire_hello_decode(payload, h.length, &hello, err,
+					      sizeof(err)) == 0) {
+				struct wire_hello ours = hello;
+
+				ours.nregions = ntab;
+				memcpy(ours.regions, tab, sizeof(tab));
+				wire_hello_compare(&ours, &hello, err, sizeof(err));
+			}
+			break;
+		case PCOPY_MSG_REQ:
+			/* the header check guarantees length == count * 16 */
+			if (h.length != (uint64_t)h.count * PCOPY_REQ_ENTRY_SIZE)
+				__builtin_trap();
+			wire_req_decode(payload, h.count, reqs, tab, ntab, err,
+					sizeof(err));
+			break;
+		case PCOPY_MSG_ERROR:
+			wire_error_decode(payload, h.length, &errnum, text,
+					  sizeof(text));
+			break;
+		default:
+			break;
+		}
+		data += PCOPY_WIRE_HDR_SIZE + h.length;
+		size -= PCOPY_WIRE_HDR_SIZE + h.length;
+	}
+	codec_zlib_free(z);
+	return 0;
+}
