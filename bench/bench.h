@@ -80,6 +80,13 @@ int b_reset_hwm(void);
 /* VmRSS / VmHWM of this process in bytes (0 if unreadable). */
 uint64_t b_vm_rss(void);
 uint64_t b_vm_hwm(void);
+/* Resident bytes of the mapping(s) in [addr, addr + len), from smaps: the
+ * part of the image actually in memory (zero pages map the shared zero page
+ * and cost nothing). */
+uint64_t b_region_rss(const void *addr, size_t len);
+/* Touch and free n bytes, so guest memory is backed by the host before
+ * anything is timed (first touches of guest RAM are slow on a VM). */
+void b_warm_memory(size_t n);
 
 /* Latency samples (ns). */
 struct b_lat {
@@ -192,6 +199,7 @@ struct b_result {
 	int rc;
 	double total_s;			/* whole run / restore */
 	double first_touch_s;		/* -1: no toucher */
+	double start_ms;		/* lib: pcopy_dest_start (handshake) */
 	double hot_s;			/* hot set touched (hot order), else -1 */
 	double gbps;			/* image bytes / total_s, GB/s (1e9) */
 	uint64_t faults;		/* latency samples */
@@ -201,6 +209,7 @@ struct b_result {
 	uint64_t bad_pages;
 	/* library internal stats */
 	uint64_t lib_faults, lib_requests, lib_dups;
+	uint64_t wire_bytes;		/* bytes the destination read */
 	double lib_p99_us;
 	double cdf_us[22];		/* latency at b_cdf_q[] */
 	bool has_cdf;

@@ -74,7 +74,8 @@ static int one_floor(enum floor_kind k, const uint8_t *image, size_t len,
 	r->total_s = (t1 - t0) / 1e9;
 	r->gbps = len / ((t1 - t0) / 1e9) / 1e9;
 	r->dst_cpu_s = r->dst_lib_cpu_s = (c1 - c0) / 1e9;
-	r->mem_overhead_mib = ((double)b_vm_hwm() - (double)base - (double)len) / 1048576.0;
+	r->mem_overhead_mib = ((double)b_vm_hwm() - (double)base -
+			       (double)b_region_rss(dst, len)) / 1048576.0;
 	/* Spot-check that the copy did what it says. */
 	for (size_t pg = 0; pg < len / B_PAGE; pg += 997)
 		if (!img_page_ok(pg, dst + pg * B_PAGE))
@@ -87,17 +88,32 @@ out:
 	return rc;
 }
 
+/* Best of FLOOR_REPS: on this VM freed guest memory goes back to the host
+ * (free page reporting) and the next first touch of it is slow, so one
+ * repetition can be 2-3x off; the floor is the best the machine can do. */
+#define FLOOR_REPS 3
+
 int run_floor(const struct b_opts *o, const uint8_t *image,
 	      struct b_result *res, unsigned *nres)
 {
 	int rc = 0;
 
 	for (int k = 0; k < F_COUNT && *nres < B_RESULTS_MAX; k++) {
-		int r = one_floor((enum floor_kind)k, image, o->image_bytes, &res[*nres]);
+		struct b_result best, cur;
+		int r = 0;
 
-		if (r < 0)
+		for (int rep = 0; rep < FLOOR_REPS && r == 0; rep++) {
+			b_warm_memory(o->image_bytes);
+			r = one_floor((enum floor_kind)k, image, o->image_bytes, &cur);
+			if (rep == 0 || cur.total_s < best.total_s)
+				best = cur;
+		}
+		if (r < 0) {
 			rc = r;
-		(*nres)++;
+			best = cur;
+		}
+		snprintf(best.note, sizeof(best.note), "best of %d", FLOOR_REPS);
+		res[(*nres)++] = best;
 	}
 	return rc;
 }

@@ -43,7 +43,7 @@ int run_lib(const struct b_opts *o, const struct b_addr *srv, enum b_order ord,
 	struct pcopy_stats st;
 	struct ctl_done done;
 	uint8_t *mem;
-	uint64_t t0, t_end, c0, c1, base, hwm;
+	uint64_t t0, t_end, c0, c1, base, hwm, img_rss;
 	int ctl = -1, fd = -1, rc, wrc;
 
 	memset(r, 0, sizeof(*r));
@@ -88,6 +88,7 @@ int run_lib(const struct b_opts *o, const struct b_addr *srv, enum b_order ord,
 			 pcopy_strerror(rc), pcopy_dest_error(d));
 		goto out_ctl;
 	}
+	r->start_ms = (b_now_ns() - t0) / 1e6;
 	if (plan.threads) {
 		rc = b_touch_start(&tp, &plan);
 		if (rc == 0)
@@ -99,6 +100,7 @@ int run_lib(const struct b_opts *o, const struct b_addr *srv, enum b_order ord,
 	t_end = b_now_ns();
 	c1 = b_proc_cpu_ns();
 	hwm = b_vm_hwm();
+	img_rss = b_region_rss(mem, len);
 	if (wrc < 0) {
 		snprintf(r->note, sizeof(r->note), "dest_wait: %s: %s",
 			 pcopy_strerror(wrc), pcopy_dest_error(d));
@@ -114,11 +116,12 @@ int run_lib(const struct b_opts *o, const struct b_addr *srv, enum b_order ord,
 	r->dst_cpu_s = (c1 - c0) / 1e9;
 	r->dst_lib_cpu_s = (c1 - c0 - (tr.cpu_ns < c1 - c0 ? tr.cpu_ns : 0)) / 1e9;
 	/* Beyond the image and the bench's own latency arrays. */
-	r->mem_overhead_mib = ((double)hwm - (double)base - (double)len -
+	r->mem_overhead_mib = ((double)hwm - (double)base - (double)img_rss -
 			       (double)plan.threads * plan.norder * 4) / 1048576.0;
 	r->lib_faults = st.faults;
 	r->lib_requests = st.requests;
 	r->lib_dups = st.duplicates;
+	r->wire_bytes = st.bytes_wire;
 	r->lib_p99_us = st.lat_p99_ns / 1e3;
 	b_result_fill_lat(r, &tr.lat);
 	r->bad_pages = tr.bad;
@@ -133,7 +136,7 @@ out_ctl:
 		r->src_cpu_s = done.cpu_ns / 1e9;
 		r->src_mem_overhead_mib = done.mem_overhead / 1048576.0;
 		if (done.rc < 0 && !r->note[0])
-			snprintf(r->note, sizeof(r->note), "source: %s (%s)", done.err,
+			snprintf(r->note, sizeof(r->note), "source: %.100s (%s)", done.err,
 				 strerror(-done.rc));
 		if (rc == 0 && done.rc < 0)
 			rc = done.rc;

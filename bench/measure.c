@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -86,6 +87,44 @@ uint64_t b_vm_rss(void)
 uint64_t b_vm_hwm(void)
 {
 	return status_kib("VmHWM");
+}
+
+uint64_t b_region_rss(const void *addr, size_t len)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[512];
+	uintptr_t want = (uintptr_t)addr;
+	bool in = false;
+	uint64_t rss = 0;
+
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+		unsigned long long kib;
+
+		/* A VMA header line starts "lo-hi perms ..."; the region may have
+		 * been split into several VMAs, so sum every VMA inside it. */
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2) {
+			in = lo >= want && lo < want + len;
+			continue;
+		}
+		if (in && sscanf(line, "Rss: %llu kB", &kib) == 1)
+			rss += kib * 1024ull;
+	}
+	fclose(f);
+	return rss;
+}
+
+void b_warm_memory(size_t n)
+{
+	void *p = mmap(NULL, n, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+	if (p == MAP_FAILED)
+		return;
+	memset(p, 1, n);
+	munmap(p, n);
 }
 
 int b_lat_init(struct b_lat *l, size_t cap)

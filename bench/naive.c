@@ -120,7 +120,7 @@ int run_naive(const struct b_opts *o, int file_fd, enum b_order ord,
 	r->dst_lib_cpu_s = h.cpu_ns / 1e9;
 	/* Bench-owned memory: the latency arrays, T * touched pages * 4 B. */
 	r->mem_overhead_mib = ((double)b_vm_hwm() - (double)base -
-			       (double)tr.touched * B_PAGE -
+			       (double)b_region_rss(h.base, len + B_PAGE) -
 			       (double)plan.threads * plan.norder * 4) / 1048576.0;
 	r->bad_pages = tr.bad;
 	b_result_fill_lat(r, &tr.lat);

@@ -148,27 +148,34 @@ int main(int argc, char **argv)
 		return 1;
 	}
 
-	/* From here on a touch of `mem` blocks until its page arrives, so the
-	 * reader may start before the source is even connected. */
+	/* From here on a touch of `mem` blocks until its page arrives. */
+	fd = connect_unix(argv[1]);
+	if (fd < 0) {
+		fprintf(stderr, "restore-minimal: connect %s: %s\n", argv[1], strerror(-fd));
+		pcopy_dest_destroy(d);
+		return 1;
+	}
+	ret = pcopy_dest_start(d, fd);	/* takes ownership of fd */
+	if (ret < 0) {
+		fprintf(stderr, "restore-minimal: pcopy_dest_start: %s: %s\n",
+			pcopy_strerror(ret), pcopy_dest_error(d));
+		pcopy_dest_destroy(d);
+		return 1;
+	}
+
+	/* The application runs on the memory while the rest streams in. */
 	rd.mem = mem;
 	rd.len = region.length;
 	ret = pthread_create(&thr, NULL, reader_main, &rd);
 	if (ret) {
 		fprintf(stderr, "restore-minimal: pthread_create: %s\n", strerror(ret));
+		pcopy_dest_destroy(d);
 		return 1;
 	}
-
-	fd = connect_unix(argv[1]);
-	if (fd < 0) {
-		fprintf(stderr, "restore-minimal: connect %s: %s\n", argv[1], strerror(-fd));
-		return 1;	/* the reader is blocked for good: just exit */
-	}
-	ret = pcopy_dest_start(d, fd);	/* takes ownership of fd */
-	if (ret == 0)
-		ret = pcopy_dest_wait(d, -1);
+	ret = pcopy_dest_wait(d, -1);
 	if (ret < 0) {
-		/* Pages that never arrived stay blocked (never zeros): do not
-		 * join the reader, and do not read the memory again. */
+		/* The reader may be blocked for good on a page that never came
+		 * (it never sees zeros instead): report and exit without it. */
 		fprintf(stderr, "restore-minimal: restore failed: %s: %s\n",
 			pcopy_strerror(ret), pcopy_dest_error(d));
 		return 1;

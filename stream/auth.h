@@ -20,6 +20,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #define PCOPY_AUTH_NONCE_SIZE	32u
@@ -71,6 +72,14 @@ int auth_verify(const void *key, size_t keylen, uint32_t peer_role,
 		const void *bind, size_t bind_len,
 		const uint8_t proof[PCOPY_AUTH_MAC_SIZE],
 		char *err, size_t errlen);
+
+/*
+ * For a connected Unix socket: check that the peer process runs as uid
+ * `want` (SO_PEERCRED, the credentials at connect time). Returns 0, -EACCES
+ * (another uid), -EOPNOTSUPP (not a Unix socket: the uid is unknowable), or
+ * -errno, with a message in err. Any thread.
+ */
+int auth_check_peer_uid(int fd, uid_t want, char *err, size_t errlen);
 
 /* 1 if the n bytes at a and b are equal, else 0; time independent of where
  * they differ. */

@@ -314,6 +314,8 @@ static int on_req(struct pcopy_source *s, const struct wire_hdr *h,
 	}
 	for (i = 0; i < h->count; i++) {
 		err = src_request(s, &reqs[i]);
+		if (err == -ECANCELED)
+			return err;	/* the session ended meanwhile */
 		if (err) {
 			src_end(s, err, true, "queueing a request: %s",
 				strerror(-err));

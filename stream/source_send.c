@@ -7,6 +7,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "source.h"
 
@@ -53,8 +54,11 @@ static unsigned region_of(struct pcopy_source *s, uint64_t g)
 
 /*
  * Queue the host pages covered by one validated REQ entry, skipping (and
- * counting as duplicates) those already sent or already queued. Returns 0 or
- * -ENOMEM. Reader thread. O(host pages covered), batched 256 per lock.
+ * counting as duplicates) those already sent or already queued. Returns 0,
+ * -ENOMEM, or -ECANCELED when the session ended meanwhile. Reader thread.
+ * Cost: O(host pages covered), 64 at a time where all are sent; a hostile
+ * entry can cover a whole region, so the loop also watches for the end of
+ * the session to keep destroy prompt.
  */
 int src_request(struct pcopy_source *s, const struct wire_req *rq)
 {
@@ -62,32 +66,48 @@ int src_request(struct pcopy_source *s, const struct wire_req *rq)
 	uint64_t p = rq->offset / r->page_size;
 	uint64_t last = (rq->offset + (uint64_t)rq->count * TP - 1) / r->page_size;
 	uint64_t batch[256];
-	uint64_t dups = 0;
+	uint64_t dups = 0, steps = 0;
 	size_t k = 0;
 	long merged;
+	int err = 0;
 
-	for (; p <= last; p++) {
-		if (!unsent_test(r, p)) {
-			dups++;
+	while (p <= last) {
+		if (++steps % 65536 == 0 && atomic_load(&s->over)) {
+			err = -ECANCELED;
+			break;
+		}
+		if (p % 64 == 0 && last - p >= 63 &&
+		    !atomic_load_explicit(&r->unsent[p / 64],
+					  memory_order_relaxed)) {
+			dups += 64;	/* 64 pages, all sent */
+			p += 64;
 			continue;
 		}
-		batch[k++] = r->first + p;
-		if (k == 256) {
+		if (!unsent_test(r, p)) {
+			dups++;
+			p++;
+			continue;
+		}
+		batch[k++] = r->first + p++;
+		if (k == 256 || p > last) {
 			merged = src_queue_push(&s->q, batch, k);
-			if (merged < 0)
-				return (int)merged;
-			dups += (uint64_t)merged;
 			k = 0;
+			if (merged < 0) {
+				err = (int)merged;
+				break;
+			}
+			dups += (uint64_t)merged;
 		}
 	}
-	if (k) {
+	if (k && !err) {
 		merged = src_queue_push(&s->q, batch, k);
 		if (merged < 0)
-			return (int)merged;
-		dups += (uint64_t)merged;
+			err = (int)merged;
+		else
+			dups += (uint64_t)merged;
 	}
 	SRC_STAT_ADD(s, duplicates, dups);
-	return 0;
+	return err;
 }
 
 /* One PAGE frame; payload (may be NULL) goes out without a copy. */
@@ -342,13 +362,21 @@ static void finish(struct pcopy_source *s)
 	uint64_t g;
 	int err;
 
+	/* Entries still queued are for pages sent since: count them before
+	 * END, so the stats are final by the time DONE can come back. */
+	while (src_queue_pop(&s->q, &g))
+		SRC_STAT_ADD(s, duplicates, 1);
 	memset(&h, 0, sizeof(h));
 	h.magic = PCOPY_WIRE_MAGIC;
 	h.type = PCOPY_MSG_END;
+	/* Counted first: the destination may answer DONE, and the caller
+	 * read the stats, before conn_send_msg even returns here. */
+	SRC_STAT_ADD(s, bytes_wire, PCOPY_WIRE_HDR_SIZE);
 	err = conn_send_msg(s->fd, &h, NULL, 0);
-	if (!err)
-		SRC_STAT_ADD(s, bytes_wire, PCOPY_WIRE_HDR_SIZE);
-	else if (err != -EPIPE && err != -ECONNRESET)
+	if (err)
+		atomic_fetch_sub_explicit(&s->st.bytes_wire, PCOPY_WIRE_HDR_SIZE,
+					  memory_order_relaxed);
+	if (err && err != -EPIPE && err != -ECONNRESET)
 		send_failed(s, err);
 	/* A destination that has every page may send DONE and close before
 	 * reading END, so a broken pipe here is left for the reader to judge
@@ -423,7 +451,9 @@ void *src_sender_main(void *arg)
 			if (err)
 				break;
 			cursor_after(s, &cur, ri, p);
-			if (budget <= ps || src_queue_nonempty(&s->q))
+			if (budget <= ps || src_queue_nonempty(&s->q) ||
+			    !atomic_load_explicit(&s->pages_left,
+						  memory_order_relaxed))
 				break;
 			budget -= ps;
 		}
@@ -433,5 +463,8 @@ void *src_sender_main(void *arg)
 	if (err)
 		send_failed(s, err);
 	notify_peer(s);
+	/* The session is over: let the destination see EOF now rather than
+	 * at destroy (the reader is stopping too; fd stays open until then). */
+	shutdown(s->fd, SHUT_RDWR);
 	return NULL;
 }

@@ -1,1 +1,1207 @@
-int main(void){return 77;}
+/* SPDX-License-Identifier: MIT */
+/*
+ * check_source: the real SOURCE over a socketpair against a scripted fake
+ * destination that verifies every frame against the image's pattern.
+ */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "source.h"
+
+#define TP 4096u
+#define MAXR 4
+#define MIB (1u << 20)
+#define TMO 60		/* per TCase; valgrind is slow */
+#define DEST_WAIT_MS 20000
+
+/* ---- pattern: content from (region, target page); ~25% zero pages ---- */
+
+enum pat { PAT_ZERO, PAT_TEXT, PAT_RAND };
+
+static uint64_t mix(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+static enum pat pat_kind(unsigned r, uint64_t tp)
+{
+	switch (mix(((uint64_t)r << 48) ^ tp) % 4) {
+	case 0: return PAT_ZERO;
+	case 1: return PAT_TEXT;	/* compresses well */
+	default: return PAT_RAND;	/* does not compress */
+	}
+}
+
+static void pat_fill(unsigned r, uint64_t tp, uint8_t *out)
+{
+	uint64_t x = mix(((uint64_t)r << 48) ^ tp ^ 0x5555);
+	size_t i;
+
+	switch (pat_kind(r, tp)) {
+	case PAT_ZERO:
+		memset(out, 0, TP);
+		break;
+	case PAT_TEXT: {
+		char line[40];
+
+		memset(line, '.', sizeof(line));
+		snprintf(line, sizeof(line), "region %u page %llu",
+			 r, (unsigned long long)tp);
+		line[strlen(line)] = ' ';
+		line[31] = '\n';
+		for (i = 0; i < TP; i += 32)
+			memcpy(out + i, line, 32);
+		break;
+	}
+	case PAT_RAND:
+		for (i = 0; i < TP; i += 8) {
+			x ^= x << 13;
+			x ^= x >> 7;
+			x ^= x << 17;
+			memcpy(out + i, &x, 8);
+		}
+		break;
+	}
+}
+
+/* ---- images ---- */
+
+struct image {
+	unsigned n;
+	struct pcopy_source_region reg[MAXR];
+	uint8_t *shadow[MAXR];		/* expected content of each region */
+	char name[MAXR][64];
+	int fd;				/* snapshot file, or -1 */
+	bool written[MAXR][1024];	/* file regions: target page pwritten */
+	uint64_t kinds[3];		/* target pages per pat (TEXT/RAND only
+					   where the image holds the pattern) */
+};
+
+static void image_init(struct image *im)
+{
+	memset(im, 0, sizeof(*im));
+	im->fd = -1;
+}
+
+static unsigned image_add(struct image *im, size_t len, size_t ps)
+{
+	unsigned r = im->n++;
+	uint64_t tp;
+
+	ck_assert_uint_le(im->n, MAXR);
+	snprintf(im->name[r], sizeof(im->name[r]), "ram%u", r);
+	ck_assert_int_eq(posix_memalign((void **)&im->shadow[r], TP, len), 0);
+	for (tp = 0; tp < len / TP; tp++) {
+		pat_fill(r, tp, im->shadow[r] + tp * TP);
+		im->kinds[pat_kind(r, tp)]++;
+	}
+	im->reg[r].name = im->name[r];
+	im->reg[r].mem = im->shadow[r];
+	im->reg[r].fd = -1;
+	im->reg[r].length = len;
+	im->reg[r].page_size = ps;
+	return r;
+}
+
+/*
+ * A region of the snapshot file at file_offset: the non-zero pattern pages
+ * of the first `present` target pages are written, zero pages stay holes,
+ * and the file ends after `present` pages (the rest reads as zeros).
+ */
+static void image_add_file(struct image *im, size_t len, size_t ps,
+			   off_t file_offset, uint64_t present)
+{
+	unsigned r = image_add(im, len, ps);
+	uint64_t tp;
+
+	ck_assert(present <= len / TP && len / TP <= 1024);
+	if (im->fd < 0) {
+		char path[] = "/tmp/check_source.XXXXXX";
+
+		im->fd = mkstemp(path);
+		ck_assert_int_ge(im->fd, 0);
+		unlink(path);
+	}
+	for (tp = 0; tp < len / TP; tp++) {
+		uint8_t *pg = im->shadow[r] + tp * TP;
+
+		if (tp >= present) {
+			memset(pg, 0, TP);	/* past EOF */
+			continue;
+		}
+		if (pat_kind(r, tp) == PAT_ZERO)
+			continue;		/* a hole */
+		ck_assert_int_eq(pwrite(im->fd, pg, TP, file_offset + (off_t)(tp * TP)),
+				 (ssize_t)TP);
+		im->written[r][tp] = true;
+	}
+	ck_assert_int_eq(ftruncate(im->fd, file_offset + (off_t)(present * TP)), 0);
+	im->reg[r].mem = NULL;
+	im->reg[r].fd = im->fd;
+	im->reg[r].file_offset = file_offset;
+}
+
+static void image_free(struct image *im)
+{
+	unsigned r;
+
+	for (r = 0; r < im->n; r++)
+		free(im->shadow[r]);
+	if (im->fd >= 0)
+		close(im->fd);
+}
+
+static size_t image_bytes(const struct image *im)
+{
+	size_t b = 0;
+	unsigned r;
+
+	for (r = 0; r < im->n; r++)
+		b += im->reg[r].length;
+	return b;
+}
+
+/* ---- the scripted fake destination ---- */
+
+struct fdest {
+	/* setup */
+	int fd;
+	const struct image *im;
+	struct wire_hello hello;	/* what we offer; tests may alter it */
+	/* script */
+	struct wire_req start_req[8];	/* sent right after the handshake */
+	unsigned n_start_req;
+	unsigned flood_msgs;		/* REQs of 4000 entries cycling pages */
+	bool bad_req;			/* a REQ past the end of region 0 */
+	bool huge_reqs;			/* 4096 entries, each all of region 0 */
+	int send_error;			/* an ERROR (this errno) after HELLO */
+	bool done_early;		/* DONE right after HELLO */
+	bool no_read;			/* read nothing until quit_fd */
+	int quit_fd;
+	long close_after;		/* close after this many PAGE frames; <0 never */
+	uint64_t mid_req_after;		/* after this many host pages ... */
+	struct wire_req mid_req;	/* ... send this REQ */
+	bool after_end_req;		/* after END: REQ 10 sent pages, expect silence */
+	bool no_done;
+	/* results */
+	int hs_err;
+	char hs_msg[PCOPY_ERRMSG_MAX];
+	uint32_t features;
+	uint8_t *kind[MAXR];		/* per target page: PCOPY_KIND_* seen */
+	uint32_t *seen[MAXR];		/* per target page: times received */
+	uint64_t *order;		/* host pages as (r << 40 | page), in order */
+	uint64_t norder, order_cap;
+	uint64_t pages[4];		/* target pages per kind */
+	uint64_t frames[4];		/* frames per kind */
+	uint64_t nframes;
+	bool got_end, got_error, silent;
+	int peer_errnum;
+	char peer_msg[PCOPY_ERROR_TEXT_MAX + 1];
+	int recv_err;
+	char fail[512];			/* first verification failure */
+};
+
+#define FAILF(d, ...) do { \
+	if (!(d)->fail[0]) \
+		snprintf((d)->fail, sizeof((d)->fail), __VA_ARGS__); \
+} while (0)
+
+static void fdest_init(struct fdest *d, int fd, const struct image *im,
+		       uint32_t offer)
+{
+	uint64_t hp = 0;
+	unsigned r;
+
+	memset(d, 0, sizeof(*d));
+	d->fd = fd;
+	d->im = im;
+	d->close_after = -1;
+	d->quit_fd = -1;
+	d->hello.version = PCOPY_WIRE_VERSION;
+	d->hello.role = PCOPY_ROLE_DEST;
+	d->hello.conn_kind = PCOPY_CONN_MAIN;
+	d->hello.features = offer;
+	d->hello.session_id = 42;
+	d->hello.target_page = TP;
+	d->hello.nregions = im->n;
+	for (r = 0; r < im->n; r++) {
+		snprintf(d->hello.regions[r].name, 64, "%s", im->reg[r].name);
+		d->hello.regions[r].length = im->reg[r].length;
+		d->hello.regions[r].host_page = (uint32_t)im->reg[r].page_size;
+		d->kind[r] = calloc(im->reg[r].length / TP, 1);
+		d->seen[r] = calloc(im->reg[r].length / TP, sizeof(uint32_t));
+		hp += im->reg[r].length / im->reg[r].page_size;
+	}
+	d->order_cap = hp;
+	d->order = calloc(hp, sizeof(uint64_t));
+}
+
+static void fdest_free(struct fdest *d)
+{
+	unsigned r;
+
+	for (r = 0; r < d->im->n; r++) {
+		free(d->kind[r]);
+		free(d->seen[r]);
+	}
+	free(d->order);
+	if (d->fd >= 0)
+		close(d->fd);
+}
+
+static int send_reqs(struct fdest *d, const struct wire_req *rq, unsigned n)
+{
+	uint8_t *buf = malloc(n * PCOPY_REQ_ENTRY_SIZE);
+	struct wire_hdr h = { .type = PCOPY_MSG_REQ, .count = n };
+	int err;
+
+	wire_req_encode(rq, n, buf);
+	err = conn_send_msg(d->fd, &h, buf, n * PCOPY_REQ_ENTRY_SIZE);
+	free(buf);
+	return err;
+}
+
+static int send_empty(struct fdest *d, uint8_t type)
+{
+	struct wire_hdr h = { .type = type };
+
+	return conn_send_msg(d->fd, &h, NULL, 0);
+}
+
+/* Host-page contiguity state of the frame checker. */
+struct hpstate {
+	bool open;
+	uint32_t r;
+	uint64_t next, end;
+};
+
+/* Check one PAGE frame: validity, order inside host pages, content. */
+static void check_page(struct fdest *d, struct hpstate *hs,
+		       const struct wire_hdr *h, const uint8_t *buf,
+		       uint8_t *tmp, struct codec_zlib *z)
+{
+	char err[PCOPY_ERRMSG_MAX] = "";
+	const struct pcopy_source_region *reg;
+	uint32_t i;
+
+	if (wire_page_validate(h, d->hello.regions, d->hello.nregions,
+			       d->features, err, sizeof(err))) {
+		FAILF(d, "invalid PAGE frame: %.400s", err);
+		return;
+	}
+	reg = &d->im->reg[h->region];
+	if (hs->open) {
+		if (h->region != hs->r || h->offset != hs->next) {
+			FAILF(d, "frame r%u+%llu interrupts host page r%u at %llu",
+			      h->region, (unsigned long long)h->offset, hs->r,
+			      (unsigned long long)hs->next);
+			return;
+		}
+	} else {
+		if (h->offset % reg->page_size) {
+			FAILF(d, "frame r%u+%llu does not start a host page",
+			      h->region, (unsigned long long)h->offset);
+			return;
+		}
+		if (d->norder == d->order_cap) {
+			FAILF(d, "more host pages started than exist");
+			return;
+		}
+		d->order[d->norder++] = ((uint64_t)h->region << 40) |
+					(h->offset / reg->page_size);
+		hs->open = true;
+		hs->r = h->region;
+		hs->end = h->offset + reg->page_size;
+	}
+	hs->next = h->offset + (uint64_t)h->count * TP;
+	if (hs->next == hs->end)
+		hs->open = false;
+
+	d->nframes++;
+	d->frames[h->kind]++;
+	d->pages[h->kind] += h->count;
+	if (h->kind == PCOPY_KIND_ZLIB) {
+		if (codec_zlib_decompress(z, buf, h->length, tmp,
+					  (size_t)h->count * TP, err, sizeof(err))) {
+			FAILF(d, "zlib frame does not inflate: %.400s", err);
+			return;
+		}
+		buf = tmp;
+	}
+	for (i = 0; i < h->count; i++) {
+		uint64_t tp = h->offset / TP + i;
+		const uint8_t *want = d->im->shadow[h->region] + tp * TP;
+
+		if (++d->seen[h->region][tp] > 1)
+			FAILF(d, "target page r%u/%llu received twice", h->region,
+			      (unsigned long long)tp);
+		d->kind[h->region][tp] = h->kind;
+		if (h->kind == PCOPY_KIND_ZERO) {
+			if (!codec_is_zero(want, TP))
+				FAILF(d, "r%u/%llu sent as ZERO but is not zero",
+				      h->region, (unsigned long long)tp);
+		} else if (memcmp(buf + (size_t)i * TP, want, TP)) {
+			FAILF(d, "r%u/%llu: wrong content", h->region,
+			      (unsigned long long)tp);
+		}
+	}
+}
+
+/* After END: ask for 10 pages already sent, expect nothing back. */
+static void after_end(struct fdest *d)
+{
+	struct wire_req rq = { .region = 0, .count = 10, .offset = 0 };
+	struct pollfd pfd = { .fd = d->fd, .events = POLLIN };
+
+	if (send_reqs(d, &rq, 1))
+		FAILF(d, "sending REQ after END failed");
+	d->silent = poll(&pfd, 1, 300) == 0;
+}
+
+static void *fdest_main(void *arg)
+{
+	struct fdest *d = arg;
+	uint8_t *buf = malloc(PCOPY_WIRE_PAYLOAD_MAX);
+	uint8_t *tmp = malloc(PCOPY_WIRE_PAYLOAD_MAX);
+	struct codec_zlib *z = NULL;
+	struct wire_hello *peer = malloc(sizeof(*peer));
+	struct hpstate hs = { 0 };
+	bool mid_sent = false;
+	char err[PCOPY_ERRMSG_MAX];
+	unsigned i;
+
+	d->hs_err = conn_handshake(d->fd, &d->hello, peer, &d->features, 5000,
+				   d->hs_msg, sizeof(d->hs_msg));
+	if (d->hs_err)
+		goto out;
+	ck_assert_int_eq(codec_zlib_new(&z, false, 0), 0);
+	if (d->n_start_req && send_reqs(d, d->start_req, d->n_start_req))
+		FAILF(d, "sending REQ failed");
+	for (i = 0; i < d->flood_msgs; i++) {
+		static struct wire_req rq[4000];
+		const struct pcopy_source_region *r0 = &d->im->reg[0];
+		uint64_t np = r0->length / TP;
+		unsigned k;
+
+		for (k = 0; k < 4000; k++) {
+			rq[k].region = 0;
+			rq[k].count = 1;
+			rq[k].offset = ((i * 4000ull + k) * 7 % np) * TP;
+		}
+		if (send_reqs(d, rq, 4000)) {
+			FAILF(d, "flood REQ %u failed", i);
+			break;
+		}
+	}
+	if (d->bad_req) {
+		struct wire_req rq = { .region = 0, .count = 1,
+				       .offset = d->im->reg[0].length };
+
+		send_reqs(d, &rq, 1);
+	}
+	if (d->huge_reqs) {
+		static struct wire_req rq[PCOPY_REQ_MAX_ENTRIES];
+
+		for (i = 0; i < PCOPY_REQ_MAX_ENTRIES; i++)
+			rq[i] = (struct wire_req){ .region = 0, .offset = 0,
+				.count = (uint32_t)(d->im->reg[0].length / TP) };
+		if (send_reqs(d, rq, PCOPY_REQ_MAX_ENTRIES))
+			FAILF(d, "sending huge REQ failed");
+	}
+	if (d->send_error)
+		conn_send_error(d->fd, d->send_error, "disk on fire");
+	if (d->done_early)
+		send_empty(d, PCOPY_MSG_DONE);
+	if (d->no_read) {
+		struct pollfd pfd = { .fd = d->quit_fd, .events = POLLIN };
+
+		poll(&pfd, 1, DEST_WAIT_MS);
+		goto out;
+	}
+	for (;;) {
+		struct wire_hdr h;
+
+		err[0] = '\0';
+		d->recv_err = conn_recv_msg(d->fd, &h, buf, PCOPY_WIRE_PAYLOAD_MAX,
+					    pcopy_now_ns() + DEST_WAIT_MS * 1000000ull,
+					    -1, err, sizeof(err));
+		if (d->recv_err)
+			break;
+		if (h.type == PCOPY_MSG_ERROR) {
+			d->got_error = true;
+			wire_error_decode(buf, h.length, &d->peer_errnum,
+					  d->peer_msg, sizeof(d->peer_msg));
+			break;
+		}
+		if (h.type == PCOPY_MSG_END && d->bad_req) {
+			/* the source may finish before it reads the bad REQ;
+			 * its ERROR comes after END then */
+			d->got_end = true;
+			continue;
+		}
+		if (h.type == PCOPY_MSG_END) {
+			d->got_end = true;
+			if (hs.open)
+				FAILF(d, "END inside a host page");
+			if (d->after_end_req)
+				after_end(d);
+			if (!d->no_done && send_empty(d, PCOPY_MSG_DONE))
+				FAILF(d, "sending DONE failed");
+			break;
+		}
+		if (h.type != PCOPY_MSG_PAGE) {
+			FAILF(d, "unexpected message type %u", h.type);
+			break;
+		}
+		check_page(d, &hs, &h, buf, tmp, z);
+		if (d->close_after >= 0 && (long)d->nframes >= d->close_after) {
+			close(d->fd);
+			d->fd = -1;
+			break;
+		}
+		if (d->mid_req_after && !mid_sent && !hs.open &&
+		    d->norder >= d->mid_req_after) {
+			mid_sent = true;
+			if (send_reqs(d, &d->mid_req, 1))
+				FAILF(d, "sending mid-stream REQ failed");
+		}
+	}
+out:
+	if (z)
+		codec_zlib_free(z);
+	free(peer);
+	free(buf);
+	free(tmp);
+	return NULL;
+}
+
+/* Every target page arrived exactly once. */
+static void check_complete(const struct fdest *d)
+{
+	unsigned r;
+	uint64_t tp;
+
+	for (r = 0; r < d->im->n; r++)
+		for (tp = 0; tp < d->im->reg[r].length / TP; tp++)
+			ck_assert_msg(d->seen[r][tp] == 1,
+				      "r%u/%llu received %u times", r,
+				      (unsigned long long)tp, d->seen[r][tp]);
+}
+
+/* ---- running a session ---- */
+
+struct session {
+	struct pcopy_source *s;
+	struct fdest d;
+	pthread_t t;
+	int start_err;
+	int wait_err;
+	struct pcopy_stats st;
+};
+
+struct logbuf {
+	pthread_mutex_t lock;
+	char last[512];
+	unsigned count;
+};
+
+static void log_cb(void *opaque, enum pcopy_log_level lvl, const char *msg)
+{
+	struct logbuf *lb = opaque;
+
+	if (lvl > PCOPY_LOG_WARN)
+		return;
+	pthread_mutex_lock(&lb->lock);
+	snprintf(lb->last, sizeof(lb->last), "%s", msg);
+	lb->count++;
+	pthread_mutex_unlock(&lb->lock);
+}
+
+/* Create the source and the fake destination (not started yet). */
+static void session_setup(struct session *ss, const struct image *im,
+			  unsigned src_flags, uint32_t dest_offer,
+			  size_t batch)
+{
+	struct pcopy_source_opts o;
+	int sv[2];
+
+	memset(ss, 0, sizeof(*ss));
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	pcopy_source_opts_init(&o);
+	o.flags = src_flags;
+	o.batch_bytes = batch;
+	ck_assert_int_eq(pcopy_source_create(&ss->s, im->reg, im->n, &o), 0);
+	fdest_init(&ss->d, sv[1], im, dest_offer);
+	ss->start_err = sv[0];	/* stashed until session_start */
+}
+
+static void session_start(struct session *ss)
+{
+	int fd = ss->start_err;
+
+	ck_assert_int_eq(pthread_create(&ss->t, NULL, fdest_main, &ss->d), 0);
+	ss->start_err = pcopy_source_start(ss->s, fd);
+}
+
+static void session_finish(struct session *ss, int wait_ms)
+{
+	ss->wait_err = pcopy_source_wait(ss->s, wait_ms);
+	pthread_join(ss->t, NULL);
+	ck_assert_int_eq(pcopy_source_stats(ss->s, &ss->st), 0);
+}
+
+static void session_free(struct session *ss)
+{
+	pcopy_source_destroy(ss->s);
+	fdest_free(&ss->d);
+}
+
+static void assert_clean_run(struct session *ss)
+{
+	ck_assert_msg(ss->d.fail[0] == '\0', "destination: %s", ss->d.fail);
+	ck_assert_int_eq(ss->start_err, 0);
+	ck_assert_msg(ss->d.got_end, "no END (recv %d)", ss->d.recv_err);
+	ck_assert_msg(ss->wait_err == 0, "wait: %d %s", ss->wait_err,
+		      pcopy_source_error(ss->s));
+	check_complete(&ss->d);
+}
+
+static bool pos_of(const struct fdest *d, uint64_t id, uint64_t *pos)
+{
+	uint64_t i;
+
+	for (i = 0; i < d->norder; i++)
+		if (d->order[i] == id) {
+			*pos = i;
+			return true;
+		}
+	return false;
+}
+
+/* ---- tests ---- */
+
+START_TEST(test_whole_image)
+{
+	struct image im;
+	struct session ss;
+	uint64_t zero_pages;
+
+	image_init(&im);
+	image_add(&im, 1 * MIB, TP);
+	image_add(&im, 3 * MIB + 64 * 1024, TP);
+	image_add(&im, 256 * 1024, TP);
+	session_setup(&ss, &im, 0, 0, 0);
+	session_start(&ss);
+	session_finish(&ss, 30000);
+	assert_clean_run(&ss);
+	zero_pages = im.kinds[PAT_ZERO];
+	/* background order: region by region, page by page */
+	for (uint64_t i = 1; i < ss.d.norder; i++)
+		ck_assert_msg(ss.d.order[i] > ss.d.order[i - 1],
+			      "host pages out of order at %llu",
+			      (unsigned long long)i);
+	ck_assert_uint_eq(ss.d.pages[PCOPY_KIND_ZERO], zero_pages);
+	ck_assert_uint_eq(ss.d.pages[PCOPY_KIND_ZLIB], 0);
+	ck_assert_uint_eq(ss.st.pages_zero, zero_pages);
+	ck_assert_uint_eq(ss.st.pages_raw + ss.st.pages_zero,
+			  image_bytes(&im) / TP);
+	ck_assert_uint_eq(ss.st.bytes_payload, image_bytes(&im));
+	ck_assert_uint_eq(ss.st.host_pages_total, image_bytes(&im) / TP);
+	ck_assert_uint_eq(ss.st.host_pages_received, image_bytes(&im) / TP);
+	/* every frame and END: header + payload */
+	ck_assert_uint_eq(ss.st.bytes_wire,
+			  (ss.d.nframes + 1) * PCOPY_WIRE_HDR_SIZE +
+			  ss.d.pages[PCOPY_KIND_RAW] * TP);
+	ck_assert_uint_eq(ss.st.requests, 0);
+	ck_assert_uint_eq(ss.st.request_msgs, 0);
+	ck_assert_uint_gt(ss.st.elapsed_ns, 0);
+	ck_assert_str_eq(pcopy_source_error(ss.s), "");
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+START_TEST(test_request_first)
+{
+	struct image im;
+	struct session ss;
+	uint64_t pos, want = (1ull << 40) | 1500;
+
+	image_init(&im);
+	image_add(&im, 8 * MIB, TP);	/* 2048 host pages */
+	image_add(&im, 8 * MIB, TP);
+	session_setup(&ss, &im, 0, 0, 0);
+	ss.d.start_req[0] = (struct wire_req){ .region = 1, .count = 1,
+					       .offset = 1500 * TP };
+	ss.d.n_start_req = 1;
+	session_start(&ss);
+	session_finish(&ss, 30000);
+	assert_clean_run(&ss);
+	ck_assert(pos_of(&ss.d, want, &pos));
+	/* the background scan reaches it only after 2048 + 1500 pages; the
+	 * request waits behind at most a socket buffer of them */
+	ck_assert_msg(pos < 1000, "requested page came at position %llu",
+		      (unsigned long long)pos);
+	/* and the scan goes on right after it */
+	ck_assert_uint_eq(ss.d.order[pos + 1], want + 1);
+	ck_assert_uint_eq(ss.st.requests, 1);
+	ck_assert_uint_eq(ss.st.request_msgs, 1);
+	ck_assert_uint_eq(ss.st.duplicates, 0);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+START_TEST(test_request_sent_pages)
+{
+	struct image im;
+	struct session ss;
+
+	image_init(&im);
+	image_add(&im, 4 * MIB, TP);
+	session_setup(&ss, &im, 0, 0, 0);
+	/* page 0 was read by then: skipped, never sent twice */
+	ss.d.mid_req_after = 100;
+	ss.d.mid_req = (struct wire_req){ .region = 0, .count = 1, .offset = 0 };
+	ss.d.after_end_req = true;
+	session_start(&ss);
+	session_finish(&ss, 30000);
+	assert_clean_run(&ss);
+	ck_assert_msg(ss.d.silent, "pages sent after END for a sent page");
+	ck_assert_uint_eq(ss.st.request_msgs, 2);
+	ck_assert_uint_eq(ss.st.duplicates, 1 + 10);
+	ck_assert_uint_eq(ss.st.requests, 0);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+START_TEST(test_zlib)
+{
+	struct image im;
+	struct session ss;
+
+	image_init(&im);
+	image_add(&im, 2 * MIB, TP);
+	image_add(&im, 4 * MIB, 2 * MIB);
+	session_setup(&ss, &im, PCOPY_SOURCE_ZLIB, PCOPY_FEAT_ZLIB, 0);
+	session_start(&ss);
+	session_finish(&ss, 30000);
+	assert_clean_run(&ss);
+	ck_assert_uint_eq(ss.d.features, PCOPY_FEAT_ZLIB);
+	ck_assert_uint_eq(ss.d.pages[PCOPY_KIND_ZLIB], im.kinds[PAT_TEXT]);
+	ck_assert_uint_eq(ss.d.pages[PCOPY_KIND_RAW], im.kinds[PAT_RAND]);
+	ck_assert_uint_eq(ss.d.pages[PCOPY_KIND_ZERO], im.kinds[PAT_ZERO]);
+	ck_assert_uint_eq(ss.st.pages_zlib, im.kinds[PAT_TEXT]);
+	ck_assert_uint_eq(ss.st.pages_raw, im.kinds[PAT_RAND]);
+	ck_assert_uint_lt(ss.st.bytes_wire, image_bytes(&im) * 3 / 4);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+START_TEST(test_zlib_not_offered)
+{
+	struct image im;
+	struct session ss;
+
+	image_init(&im);
+	image_add(&im, 2 * MIB, TP);
+	session_setup(&ss, &im, PCOPY_SOURCE_ZLIB, 0, 0);
+	session_start(&ss);
+	session_finish(&ss, 30000);
+	assert_clean_run(&ss);
+	ck_assert_uint_eq(ss.d.features, 0);
+	ck_assert_uint_eq(ss.d.pages[PCOPY_KIND_ZLIB], 0);
+	ck_assert_uint_eq(ss.st.pages_zlib, 0);
+	ck_assert_uint_eq(ss.d.pages[PCOPY_KIND_RAW],
+			  im.kinds[PAT_TEXT] + im.kinds[PAT_RAND]);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+START_TEST(test_file_holes)
+{
+	struct image im;
+	struct session ss;
+	uint64_t written = 0, tp;
+	unsigned r;
+
+	image_init(&im);
+	/* 8 KiB of junk before the first region: file_offset must count */
+	image_add_file(&im, 1 * MIB, TP, 8192, 256);
+	ck_assert_int_eq(pwrite(im.fd, "JUNKJUNK", 8, 100), 8);
+	/* the file ends 48 pages into this one: the rest reads as zeros */
+	image_add_file(&im, 256 * 1024, TP, 8192 + 2 * MIB, 48);
+	session_setup(&ss, &im, 0, 0, 0);
+	session_start(&ss);
+	session_finish(&ss, 30000);
+	assert_clean_run(&ss);
+	for (r = 0; r < im.n; r++)
+		for (tp = 0; tp < im.reg[r].length / TP; tp++) {
+			uint8_t want = im.written[r][tp] ? PCOPY_KIND_RAW
+							 : PCOPY_KIND_ZERO;
+
+			written += im.written[r][tp];
+			ck_assert_msg(ss.d.kind[r][tp] == want,
+				      "r%u/%llu came as kind %u, want %u", r,
+				      (unsigned long long)tp, ss.d.kind[r][tp], want);
+		}
+	ck_assert_uint_gt(written, 100);
+	/* holes and the part past EOF were never read */
+	ck_assert_uint_eq(src_debug_file_bytes_read(ss.s), written * TP);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+START_TEST(test_file_unaligned_huge)
+{
+	struct image im;
+	struct session ss;
+
+	image_init(&im);
+	/* 2 MiB host pages read in 64 KiB windows, at an odd file offset */
+	image_add_file(&im, 4 * MIB, 2 * MIB, 12345, 1024);
+	session_setup(&ss, &im, 0, 0, 0);
+	ss.d.start_req[0] = (struct wire_req){ .region = 0, .count = 1,
+					       .offset = 2 * MIB + 8192 };
+	ss.d.n_start_req = 1;
+	session_start(&ss);
+	session_finish(&ss, 30000);
+	assert_clean_run(&ss);
+	ck_assert_uint_le(src_debug_file_bytes_read(ss.s), 4 * MIB);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+START_TEST(test_table_mismatch)
+{
+	struct image im;
+	struct session ss;
+
+	image_init(&im);
+	image_add(&im, 1 * MIB, TP);
+	session_setup(&ss, &im, 0, 0, 0);
+	ss.d.hello.regions[0].length = 2 * MIB;
+	session_start(&ss);
+	ck_assert_int_eq(ss.start_err, -EPROTO);
+	ck_assert_msg(strstr(pcopy_source_error(ss.s), "length"),
+		      "message: %s", pcopy_source_error(ss.s));
+	session_finish(&ss, 5000);
+	ck_assert_int_eq(ss.wait_err, -EPROTO);
+	ck_assert_int_ne(ss.d.hs_err, 0);
+	ck_assert_uint_eq(ss.st.bytes_payload, 0);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+START_TEST(test_hostile_req)
+{
+	struct image im;
+	struct session ss;
+
+	image_init(&im);
+	image_add(&im, 4 * MIB, TP);
+	session_setup(&ss, &im, 0, 0, 0);
+	ss.d.bad_req = true;
+	session_start(&ss);
+	ck_assert_int_eq(ss.start_err, 0);
+	session_finish(&ss, 30000);
+	ck_assert_int_eq(ss.wait_err, -EPROTO);
+	ck_assert_msg(strstr(pcopy_source_error(ss.s), "REQ"), "message: %s",
+		      pcopy_source_error(ss.s));
+	/* the destination was told why */
+	ck_assert_msg(ss.d.got_error, "no ERROR (recv %d)", ss.d.recv_err);
+	ck_assert_int_eq(ss.d.peer_errnum, EPROTO);
+	ck_assert_msg(strstr(ss.d.peer_msg, "REQ"), "peer got: %s", ss.d.peer_msg);
+	ck_assert_msg(ss.d.fail[0] == '\0', "destination: %s", ss.d.fail);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+START_TEST(test_duplicate_flood)
+{
+	struct image im;
+	struct session ss;
+	size_t cap;
+
+	image_init(&im);
+	image_add(&im, 8 * MIB, TP);	/* 2048 host pages */
+	session_setup(&ss, &im, 0, 0, 0);
+	ss.d.flood_msgs = 25;		/* 100000 entries */
+	session_start(&ss);
+	session_finish(&ss, 30000);
+	assert_clean_run(&ss);
+	cap = src_debug_queue_capacity(ss.s);
+	ck_assert_uint_le(cap, 2048);
+	ck_assert_uint_eq(ss.st.request_msgs, 25);
+	/* each entry was either sent on request or found already sent/queued */
+	ck_assert_uint_eq(ss.st.requests + ss.st.duplicates, 100000);
+	ck_assert_uint_gt(ss.st.requests, 0);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+START_TEST(test_dest_closes)
+{
+	struct image im;
+	struct session ss;
+
+	image_init(&im);
+	image_add(&im, 16 * MIB, TP);
+	session_setup(&ss, &im, 0, 0, 0);
+	ss.d.close_after = 20;
+	session_start(&ss);
+	ck_assert_int_eq(ss.start_err, 0);
+	session_finish(&ss, 30000);
+	ck_assert_msg(ss.wait_err == -EPIPE || ss.wait_err == -ECONNRESET,
+		      "wait: %d", ss.wait_err);
+	ck_assert_str_ne(pcopy_source_error(ss.s), "");
+	ck_assert_uint_lt(ss.st.bytes_payload, image_bytes(&im));
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+START_TEST(test_destroy_full_socket)
+{
+	struct image im;
+	struct session ss;
+	uint64_t t0, t1;
+	uint64_t one = 1;
+
+	image_init(&im);
+	image_add(&im, 16 * MIB, TP);
+	session_setup(&ss, &im, 0, 0, 0);
+	ss.d.no_read = true;
+	ss.d.quit_fd = eventfd(0, EFD_CLOEXEC);
+	session_start(&ss);
+	ck_assert_int_eq(ss.start_err, 0);
+	/* the sender fills the socket buffer and blocks in sendmsg */
+	ck_assert_int_eq(pcopy_source_wait(ss.s, 300), -ETIMEDOUT);
+	ck_assert_int_eq(pcopy_source_stats(ss.s, &ss.st), 0);
+	ck_assert_uint_gt(ss.st.bytes_wire, 0);
+	ck_assert_uint_lt(ss.st.bytes_payload, image_bytes(&im) / 4);
+	t0 = pcopy_now_ns();
+	pcopy_source_destroy(ss.s);
+	t1 = pcopy_now_ns();
+	ss.s = NULL;
+	ck_assert_msg(t1 - t0 < 2000000000ull, "destroy took %llu ms",
+		      (unsigned long long)((t1 - t0) / 1000000));
+	ck_assert_int_eq(write(ss.d.quit_fd, &one, 8), 8);
+	pthread_join(ss.t, NULL);
+	close(ss.d.quit_fd);
+	fdest_free(&ss.d);
+	image_free(&im);
+}
+END_TEST
+
+/* Whole-region requests over a 4 GiB region keep the reader busy for a long
+ * time; destroy must still return promptly. */
+START_TEST(test_destroy_busy_reader)
+{
+	const size_t len = (size_t)4 << 30;
+	struct image im;
+	struct session ss;
+	uint64_t t0, t1, one = 1;
+	void *mem;
+
+	mem = mmap(NULL, len, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS |
+		   MAP_NORESERVE, -1, 0);
+	ck_assert_ptr_ne(mem, MAP_FAILED);
+	image_init(&im);
+	im.n = 1;
+	snprintf(im.name[0], sizeof(im.name[0]), "big");
+	im.reg[0] = (struct pcopy_source_region){ .name = im.name[0],
+		.mem = mem, .fd = -1, .length = len, .page_size = TP };
+	session_setup(&ss, &im, 0, 0, 0);
+	ss.d.huge_reqs = true;
+	ss.d.no_read = true;
+	ss.d.quit_fd = eventfd(0, EFD_CLOEXEC);
+	session_start(&ss);
+	ck_assert_int_eq(ss.start_err, 0);
+	ck_assert_int_eq(pcopy_source_wait(ss.s, 300), -ETIMEDOUT);
+	/* bounded: the ring never outgrows the host-page count */
+	ck_assert_uint_le(src_debug_queue_capacity(ss.s), len / TP);
+	t0 = pcopy_now_ns();
+	pcopy_source_destroy(ss.s);
+	t1 = pcopy_now_ns();
+	ss.s = NULL;
+	ck_assert_msg(t1 - t0 < 2000000000ull, "destroy took %llu ms",
+		      (unsigned long long)((t1 - t0) / 1000000));
+	ck_assert_int_eq(write(ss.d.quit_fd, &one, 8), 8);
+	pthread_join(ss.t, NULL);
+	close(ss.d.quit_fd);
+	fdest_free(&ss.d);
+	munmap(mem, len);
+}
+END_TEST
+
+START_TEST(test_handshake_timeout)
+{
+	static uint8_t mem[8192] __attribute__((aligned(4096)));
+	struct pcopy_source_region r = { .name = "ram", .mem = mem, .fd = -1,
+					 .length = sizeof(mem), .page_size = 4096 };
+	struct pcopy_source_opts o;
+	struct pcopy_source *s;
+	int sv[2];
+
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	pcopy_source_opts_init(&o);
+	o.handshake_timeout_ms = 200;
+	ck_assert_int_eq(pcopy_source_create(&s, &r, 1, &o), 0);
+	/* the peer never answers */
+	ck_assert_int_eq(pcopy_source_start(s, sv[0]), -ETIMEDOUT);
+	ck_assert_str_ne(pcopy_source_error(s), "");
+	ck_assert_int_eq(pcopy_source_wait(s, 0), -ETIMEDOUT);
+	/* a second start is refused, and the fd is still taken over */
+	ck_assert_int_eq(pcopy_source_start(s, dup(sv[1])), -EINVAL);
+	pcopy_source_destroy(s);
+	close(sv[1]);
+}
+END_TEST
+
+START_TEST(test_huge_host_page)
+{
+	struct image im;
+	struct session ss;
+	uint64_t pos;
+
+	image_init(&im);
+	image_add(&im, 8 * MIB, 2 * MIB);
+	session_setup(&ss, &im, 0, 0, 0);
+	ss.d.start_req[0] = (struct wire_req){ .region = 0, .count = 2,
+					       .offset = 3 * 2 * MIB + 4096 };
+	ss.d.n_start_req = 1;
+	session_start(&ss);
+	session_finish(&ss, 30000);
+	/* the checker fails any frame that interrupts or reorders a host
+	 * page, so a clean run means 512 target pages in order each time */
+	assert_clean_run(&ss);
+	ck_assert_uint_eq(ss.d.norder, 4);
+	ck_assert(pos_of(&ss.d, 3, &pos));
+	ck_assert_uint_eq(ss.st.requests + ss.st.duplicates, 1);
+	/* runs are merged inside a host page: fewer frames than pages */
+	ck_assert_uint_lt(ss.d.frames[PCOPY_KIND_ZERO], ss.d.pages[PCOPY_KIND_ZERO]);
+	ck_assert_uint_lt(ss.d.frames[PCOPY_KIND_RAW], ss.d.pages[PCOPY_KIND_RAW]);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+START_TEST(test_peer_error)
+{
+	struct image im;
+	struct session ss;
+
+	image_init(&im);
+	image_add(&im, 1 * MIB, TP);
+	session_setup(&ss, &im, 0, 0, 0);
+	ss.d.send_error = ENOSPC;
+	session_start(&ss);
+	session_finish(&ss, 30000);
+	ck_assert_int_eq(ss.wait_err, -ENOSPC);
+	ck_assert_msg(strstr(pcopy_source_error(ss.s), "disk on fire"),
+		      "message: %s", pcopy_source_error(ss.s));
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+START_TEST(test_done_early)
+{
+	struct image im;
+	struct session ss;
+
+	image_init(&im);
+	image_add(&im, 16 * MIB, TP);
+	session_setup(&ss, &im, 0, 0, 0);
+	ss.d.done_early = true;
+	session_start(&ss);
+	session_finish(&ss, 30000);
+	ck_assert_int_eq(ss.wait_err, -EPROTO);
+	ck_assert_msg(strstr(pcopy_source_error(ss.s), "DONE"), "message: %s",
+		      pcopy_source_error(ss.s));
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+START_TEST(test_two_sources)
+{
+	struct image im[2];
+	struct session ss[2];
+	int i;
+
+	for (i = 0; i < 2; i++) {
+		image_init(&im[i]);
+		image_add(&im[i], 2 * MIB, TP);
+		image_add(&im[i], 2 * MIB, 2 * MIB);
+		session_setup(&ss[i], &im[i], i ? PCOPY_SOURCE_ZLIB : 0,
+			      PCOPY_FEAT_ZLIB, 16384);
+	}
+	/* both handshakes need their destination thread running */
+	for (i = 0; i < 2; i++)
+		session_start(&ss[i]);
+	for (i = 0; i < 2; i++) {
+		session_finish(&ss[i], 30000);
+		assert_clean_run(&ss[i]);
+	}
+	ck_assert_uint_eq(ss[0].st.pages_zlib, 0);
+	ck_assert_uint_gt(ss[1].st.pages_zlib, 0);
+	for (i = 0; i < 2; i++) {
+		session_free(&ss[i]);
+		image_free(&im[i]);
+	}
+}
+END_TEST
+
+START_TEST(test_create_args)
+{
+	static uint8_t mem[4 * 8192] __attribute__((aligned(4096)));
+	struct pcopy_source_region r = { .name = "ram", .mem = mem, .fd = -1,
+					 .length = sizeof(mem), .page_size = 4096 };
+	struct pcopy_source_region bad, many[PCOPY_REGIONS_MAX + 1];
+	struct logbuf lb = { .lock = PTHREAD_MUTEX_INITIALIZER };
+	struct pcopy_source_opts o;
+	struct pcopy_source *s = (void *)1;
+	char longname[80];
+	unsigned i, before;
+
+	pcopy_source_opts_init(&o);
+	o.log = log_cb;
+	o.log_opaque = &lb;
+	memset(longname, 'x', 64);
+	longname[64] = '\0';
+
+	ck_assert_int_eq(pcopy_source_create(NULL, &r, 1, &o), -EINVAL);
+	ck_assert_int_eq(pcopy_source_create(&s, NULL, 1, &o), -EINVAL);
+	ck_assert_ptr_null(s);
+	ck_assert_int_eq(pcopy_source_create(&s, &r, 0, &o), -EINVAL);
+	for (i = 0; i <= PCOPY_REGIONS_MAX; i++)
+		many[i] = r;
+	ck_assert_int_eq(pcopy_source_create(&s, many, PCOPY_REGIONS_MAX + 1, &o),
+			 -EINVAL);
+#define BAD(field, value) do { \
+	bad = r; bad.field = value; before = lb.count; \
+	ck_assert_int_eq(pcopy_source_create(&s, &bad, 1, &o), -EINVAL); \
+	ck_assert_msg(lb.count > before, "no log for " #field); \
+} while (0)
+	BAD(name, NULL);
+	BAD(name, "");
+	BAD(name, longname);
+	BAD(length, 0);
+	BAD(length, 8192 + 100);
+	BAD(page_size, 2048);
+	BAD(page_size, 12288);
+	BAD(page_size, (size_t)2 << 30);
+	BAD(fd, 0);		/* both mem and fd */
+	BAD(mem, NULL);		/* neither */
+	bad = r;
+	bad.page_size = 8192;
+	bad.length = 8192 * 3 + 4096;
+	ck_assert_int_eq(pcopy_source_create(&s, &bad, 1, &o), -EINVAL);
+	ck_assert_msg(strstr(lb.last, "multiple"), "log: %s", lb.last);
+	/* a pipe is no snapshot file */
+	{
+		int p[2];
+
+		ck_assert_int_eq(pipe(p), 0);
+		bad = r;
+		bad.mem = NULL;
+		bad.fd = p[0];
+		ck_assert_int_eq(pcopy_source_create(&s, &bad, 1, &o), -EINVAL);
+		close(p[0]);
+		close(p[1]);
+	}
+	o.size = sizeof(o) + 8;
+	ck_assert_int_eq(pcopy_source_create(&s, &r, 1, &o), -EINVAL);
+	o.size = sizeof(o);
+	o.flags = 0x80;
+	ck_assert_int_eq(pcopy_source_create(&s, &r, 1, &o), -EINVAL);
+	o.flags = 0;
+
+	/* a good one: wait before start, destroy before start */
+	ck_assert_int_eq(pcopy_source_create(&s, &r, 1, &o), 0);
+	ck_assert_int_eq(pcopy_source_wait(s, 0), -EINVAL);
+	ck_assert_str_eq(pcopy_source_error(s), "");
+	pcopy_source_destroy(s);
+	pcopy_source_destroy(NULL);
+	/* NULL options are the defaults */
+	ck_assert_int_eq(pcopy_source_create(&s, &r, 1, NULL), 0);
+	pcopy_source_destroy(s);
+}
+END_TEST
+
+static Suite *make_source_suite(void)
+{
+	Suite *su = suite_create("source");
+	TCase *tc;
+
+	tc = tcase_create("args");
+	tcase_set_timeout(tc, TMO);
+	tcase_add_test(tc, test_create_args);
+	suite_add_tcase(su, tc);
+
+	tc = tcase_create("stream");
+	tcase_set_timeout(tc, TMO);
+	tcase_add_test(tc, test_whole_image);
+	tcase_add_test(tc, test_request_first);
+	tcase_add_test(tc, test_request_sent_pages);
+	tcase_add_test(tc, test_zlib);
+	tcase_add_test(tc, test_zlib_not_offered);
+	tcase_add_test(tc, test_huge_host_page);
+	tcase_add_test(tc, test_two_sources);
+	suite_add_tcase(su, tc);
+
+	tc = tcase_create("file");
+	tcase_set_timeout(tc, TMO);
+	tcase_add_test(tc, test_file_holes);
+	tcase_add_test(tc, test_file_unaligned_huge);
+	suite_add_tcase(su, tc);
+
+	tc = tcase_create("errors");
+	tcase_set_timeout(tc, TMO);
+	tcase_add_test(tc, test_table_mismatch);
+	tcase_add_test(tc, test_hostile_req);
+	tcase_add_test(tc, test_duplicate_flood);
+	tcase_add_test(tc, test_dest_closes);
+	tcase_add_test(tc, test_destroy_full_socket);
+	tcase_add_test(tc, test_destroy_busy_reader);
+	tcase_add_test(tc, test_handshake_timeout);
+	tcase_add_test(tc, test_peer_error);
+	tcase_add_test(tc, test_done_early);
+	suite_add_tcase(su, tc);
+	return su;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(make_source_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -16,18 +16,29 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* Process one validated PAGE: decode its payload into a buffer of exactly
+/* Process one validated PAGE: check independently that it lies inside one
+ * host page of its region, then decode its payload into a buffer of exactly
  * count pages; anything else the validator let through is a bug. */
 static int decode_page(struct codec_zlib *z, const struct wire_hdr *h,
-		       const uint8_t *payload)
+		       const uint8_t *payload, const struct wire_region *tab,
+		       uint32_t ntab)
 {
 	size_t want = (size_t)h->count * PCOPY_TARGET_PAGE;
+	uint64_t hp;
 	char err[256];
 	uint8_t *dst;
 	int ret = 0;
 
+	if (h->region >= ntab || h->count == 0 ||
+	    h->offset % PCOPY_TARGET_PAGE)
+		__builtin_trap();
+	hp = tab[h->region].host_page;
+	if (h->offset >= tab[h->region].length ||
+	    want > tab[h->region].length - h->offset ||
+	    h->offset / hp != (h->offset + want - 1) / hp)
+		__builtin_trap();
 	/* The validator bounds count by one host page (<= 2 MiB here). */
-	if (want == 0 || want > (2u << 20))
+	if (want > (2u << 20))
 		__builtin_trap();
 	dst = malloc(want);
 	if (!dst)
@@ -100,7 +111,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case PCOPY_MSG_PAGE:
 			if (wire_page_validate(&h, tab, ntab, features, err,
 					       sizeof(err)) == 0)
-				decode_page(z, &h, payload);
+				decode_page(z, &h, payload, tab, ntab);
 			break;
 		case PCOPY_MSG_HELLO:
 			if (wire_hello_decode(payload, h.length, &hello, err,

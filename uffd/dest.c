@@ -50,6 +50,17 @@ static void kick(int efd)
 	}
 }
 
+/* The callback runs before waiters return, so a caller that waited sees
+ * whatever the callback recorded. */
+static void release_waiters(struct pcopy_dest *d, int result)
+{
+	pthread_mutex_lock(&d->lock);
+	d->done = true;
+	d->result = result;
+	pthread_cond_broadcast(&d->cond);
+	pthread_mutex_unlock(&d->lock);
+}
+
 static void fail_record(struct pcopy_dest *d, int err, bool notify,
 			const char *fmt, va_list ap)
 {
@@ -69,13 +80,11 @@ static void fail_record(struct pcopy_dest *d, int err, bool notify,
 	d->finishing = true;
 	pcopy_errslot_set(&d->err, &d->log, err, "%s", msg);
 	atomic_store_explicit(&d->failed, true, memory_order_release);
-	d->done = true;
-	d->result = err;
-	pthread_cond_broadcast(&d->cond);
 	pthread_mutex_unlock(&d->lock);
 	kick(d->kick_efd);	/* SIGBUS mode: the fault thread wakes the waiters */
 	if (notify && d->on_event)
 		d->on_event(d->event_opaque, err);
+	release_waiters(d, err);
 }
 
 /* Record a fatal error (see internal.h). Library threads. */
@@ -125,13 +134,9 @@ static void complete(struct pcopy_dest *d)
 	pcopy_log(&d->log, PCOPY_LOG_INFO, "restore complete: %" PRIu64 " host pages",
 		  d->total_pages);
 
-	pthread_mutex_lock(&d->lock);
-	d->done = true;
-	d->result = 0;
-	pthread_cond_broadcast(&d->cond);
-	pthread_mutex_unlock(&d->lock);
 	if (d->on_event)
 		d->on_event(d->event_opaque, 0);
+	release_waiters(d, 0);
 }
 
 /* Receiver thread (placement). */

@@ -58,6 +58,8 @@ static void sigbus_thread(struct pcopy_dest *d, struct fault_batch *b,
 		b->warned_ptid = true;
 		return;
 	}
+	pcopy_log(&d->log, PCOPY_LOG_DEBUG, "SIGBUS to thread %d (fault at 0x%llx)",
+		  (int)tid, (unsigned long long)m->arg.pagefault.address);
 	if (syscall(SYS_tgkill, getpid(), tid, SIGBUS) < 0)
 		pcopy_log(&d->log, PCOPY_LOG_WARN, "tgkill(%d, SIGBUS): %s",
 			  (int)tid, strerror(errno));

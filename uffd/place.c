@@ -157,6 +157,17 @@ int place_host_page(struct pcopy_dest *d, struct dest_region *r, uint64_t hp,
 			place_wake(d, dst, len);
 			page_done(d, r, hp);
 			return 1;
+		case ENOMEM:
+			if (r->mem == DEST_MEM_HUGETLB) {
+				hfree = hugetlb_free(r->page_size);
+				dest_fail(d, -ENOMEM,
+					  "hugetlb pool exhausted: UFFDIO_COPY region '%s' offset 0x%" PRIx64 ": ENOMEM (free %zu kB huge pages: %ld)",
+					  r->name, hp << r->shift, r->page_size / 1024, hfree);
+				return -ENOMEM;
+			}
+			dest_fail(d, -ENOMEM, "%s region '%s' offset 0x%" PRIx64 ": out of memory",
+				  op, r->name, hp << r->shift);
+			return -ENOMEM;
 		case ENOENT:
 			dest_fail(d, -ENOENT,
 				  "%s region '%s' offset 0x%" PRIx64 ": range no longer registered or mapped (unmapped by the application?)",
