@@ -296,7 +296,8 @@ static int on_req(struct pcopy_source *s, const struct wire_hdr *h,
 	unsigned i;
 	int err;
 
-	SRC_STAT_ADD(s, request_msgs, 1);
+	/* counted once handled (below), so a reader of the stats that sees
+	 * it also finds its pages queued */
 	if (h->count < 1 || h->count > PCOPY_REQ_MAX_ENTRIES ||
 	    h->length != (uint64_t)h->count * PCOPY_REQ_ENTRY_SIZE) {
 		src_end(s, -EPROTO, true,
@@ -322,6 +323,7 @@ static int on_req(struct pcopy_source *s, const struct wire_hdr *h,
 			return err;
 		}
 	}
+	SRC_STAT_ADD(s, request_msgs, 1);
 	return 0;
 }
 

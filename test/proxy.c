@@ -12,7 +12,6 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -20,64 +19,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "proxy.h"
-#include "wire.h"
-
-#define HDR		PCOPY_WIRE_HDR_SIZE
-#define READ_CHUNK	(64u << 10)
-#define OUT_HIGH	(256u << 10)	/* stop reading while this much is queued */
-#define NS		1000000000ull
-
-enum pending { PEND_NONE = 0, PEND_CUT, PEND_SHUT, PEND_EOF };
-
-struct prule {			/* a rule instantiated on one direction */
-	struct proxy_rule r;
-	uint64_t at;		/* resolved position (random cuts) */
-	bool done;		/* one-shot rules that fired */
-};
-
-struct pipe_ {
-	int in, out;
-	enum proxy_dir dir;
-	struct prule rules[PROXY_RULES_MAX];
-	unsigned nrules;
-	bool frame_rules;	/* hold each header until the frame's fate is known */
-	bool split;
-	uint64_t split_from;	/* output position */
-	uint64_t bps;		/* throttle, 0 = none */
-	uint64_t t0, sent;	/* throttle clock start, bytes since */
-
-	uint64_t in_pos;	/* input bytes consumed */
-	uint64_t limit;		/* CUT_FRAME: cut at this input position */
-	bool in_eof;
-	bool dead;		/* shut down by a rule: input is discarded */
-	bool done;		/* finished: EOF passed on, or dead and EOF */
-	enum pending pending;	/* waits for the output to drain */
-	uint64_t stall_until;
-
-	uint8_t *buf;		/* output queue [off, len) */
-	size_t off, len, cap;
-
-	/* frame tracker */
-	uint8_t hdr[HDR];	/* original bytes of the current header */
-	size_t hdr_have, hdr_sent;	/* bytes seen / already emitted */
-	uint64_t hdr_pos;	/* input position of the header */
-	uint64_t frame_left;	/* payload bytes still to come */
-	uint8_t frame_type;
-	bool drop, dup;
-	uint8_t *dupbuf;	/* copy of the frame as emitted */
-	size_t dup_len, dup_cap;
-	uint64_t type_count[256];
-
-	struct proxy_dir_stats st;
-};
+#include "proxy_int.h"
 
 struct conn {
 	unsigned index;
 	int fd[2];		/* a side, b side */
 	bool open, failed;
 	int error;
-	struct pipe_ p[2];
+	struct proxy_pipe p[2];
 };
 
 struct proxy {
@@ -120,360 +69,6 @@ static const char *dir_name(enum proxy_dir d)
 	return d == PROXY_A2B ? "a2b" : "b2a";
 }
 
-static size_t min_sz(size_t a, uint64_t b)
-{
-	return b < a ? (size_t)b : a;
-}
-
-/* ---- output queue ---- */
-
-static int reserve(uint8_t **buf, size_t *cap, size_t need)
-{
-	size_t ncap = *cap ? *cap : 4096;
-	uint8_t *nb;
-
-	if (need <= *cap)
-		return 0;
-	while (ncap < need)
-		ncap *= 2;
-	nb = realloc(*buf, ncap);
-	if (!nb)
-		return -ENOMEM;
-	*buf = nb;
-	*cap = ncap;
-	return 0;
-}
-
-/* Apply FLIP / REPLACE rules to n bytes that sat at input position pos. */
-static uint64_t corrupt(struct pipe_ *p, uint8_t *b, size_t n, uint64_t pos)
-{
-	uint64_t hits = 0, i;
-	unsigned k;
-
-	for (k = 0; k < p->nrules; k++) {
-		const struct proxy_rule *r = &p->rules[k].r;
-
-		if (r->action == PROXY_FLIP && r->at >= pos && r->at < pos + n) {
-			b[r->at - pos] ^= (uint8_t)r->arg;
-			hits++;
-		} else if (r->action == PROXY_REPLACE) {
-			for (i = 0; i < r->len; i++) {
-				uint64_t at = r->at + i;
-
-				if (at >= pos && at < pos + n) {
-					b[at - pos] = r->data[i];
-					hits++;
-				}
-			}
-		}
-	}
-	return hits;
-}
-
-/* Queue n input bytes from position pos for the receiver, corrupted as the
- * rules say, and copy them into the duplicate buffer if the frame is to be
- * sent twice. */
-static int emit(struct pipe_ *p, const uint8_t *src, size_t n, uint64_t pos)
-{
-	uint8_t *dst;
-
-	if (p->off == p->len)
-		p->off = p->len = 0;
-	else if (p->off > p->cap / 2) {
-		memmove(p->buf, p->buf + p->off, p->len - p->off);
-		p->len -= p->off;
-		p->off = 0;
-	}
-	if (reserve(&p->buf, &p->cap, p->len + n))
-		return -ENOMEM;
-	dst = p->buf + p->len;
-	memcpy(dst, src, n);
-	p->st.bytes_corrupted += corrupt(p, dst, n, pos);
-	p->len += n;
-	if (p->dup) {
-		if (reserve(&p->dupbuf, &p->dup_cap, p->dup_len + n))
-			return -ENOMEM;
-		memcpy(p->dupbuf + p->dup_len, dst, n);
-		p->dup_len += n;
-	}
-	return 0;
-}
-
-/* Emit the header bytes not yet emitted (at a hold point, EOF, or once the
- * frame is known to pass). */
-static int flush_header(struct pipe_ *p)
-{
-	size_t have = p->hdr_have, n;
-	int ret;
-
-	if (p->limit < p->hdr_pos + have)	/* a cut inside this header */
-		have = p->limit > p->hdr_pos ? (size_t)(p->limit - p->hdr_pos) : 0;
-	n = have > p->hdr_sent ? have - p->hdr_sent : 0;
-	if (!n || p->drop)
-		return 0;
-	ret = emit(p, p->hdr + p->hdr_sent, n, p->hdr_pos + p->hdr_sent);
-	p->hdr_sent = have;
-	return ret;
-}
-
-/* ---- frame tracker ---- */
-
-static uint32_t le32(const uint8_t *b)
-{
-	return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
-	       (uint32_t)b[3] << 24;
-}
-
-/* The header is whole: learn the payload length and the frame's fate. */
-static int header_done(struct pipe_ *p)
-{
-	struct wire_hdr h;
-	char err[160];
-	unsigned k;
-
-	/* A header the decoder rejects for its type or fields still has a
-	 * usable length if magic and length are sane (read from the bytes:
-	 * wire.h does not promise h is filled on failure); track it anyway so
-	 * a test can drop or duplicate malformed frames too. */
-	if (wire_hdr_decode(p->hdr, &h, err, sizeof(err))) {
-		h.magic = le32(p->hdr);
-		h.type = p->hdr[4];
-		h.length = le32(p->hdr + 24);
-		if (h.magic != PCOPY_WIRE_MAGIC ||
-		    h.length > PCOPY_WIRE_PAYLOAD_MAX) {
-			p->st.desync = true;
-			return flush_header(p);
-		}
-	}
-	p->frame_left = h.length;
-	p->frame_type = h.type;
-	for (k = 0; k < p->nrules; k++) {
-		struct prule *r = &p->rules[k];
-		uint64_t nth;
-
-		if (r->done || (r->r.action != PROXY_DUP_FRAME &&
-				r->r.action != PROXY_DROP_FRAME &&
-				r->r.action != PROXY_CUT_FRAME))
-			continue;
-		if (r->r.type && r->r.type != h.type)
-			continue;
-		nth = r->r.type ? p->type_count[h.type] : p->st.frames;
-		if (nth != r->r.arg)
-			continue;
-		r->done = true;
-		if (r->r.action == PROXY_CUT_FRAME &&
-		    p->hdr_pos + r->r.at < p->limit)
-			p->limit = p->hdr_pos + r->r.at;
-		/* Part of the header left already (a stall mid-header):
-		 * too late to drop the frame cleanly; let it pass. */
-		if (r->r.action == PROXY_DROP_FRAME && p->hdr_sent == 0)
-			p->drop = true;
-		else if (r->r.action == PROXY_DUP_FRAME)
-			p->dup = true;
-	}
-	if (p->dup) {
-		/* The duplicate starts with the whole header as emitted. */
-		if (reserve(&p->dupbuf, &p->dup_cap, HDR))
-			return -ENOMEM;
-		memcpy(p->dupbuf, p->hdr, HDR);
-		corrupt(p, p->dupbuf, HDR, p->hdr_pos);
-		p->dup_len = HDR;
-		/* flush_header below must not copy the header a second time */
-		p->dup = false;
-		if (flush_header(p))
-			return -ENOMEM;
-		p->dup = true;
-		return 0;
-	}
-	return flush_header(p);
-}
-
-static int frame_done(struct pipe_ *p)
-{
-	int ret = 0;
-
-	if (p->drop)
-		p->st.frames_dropped++;
-	if (p->dup) {
-		p->dup = false;
-		ret = emit(p, p->dupbuf, p->dup_len, UINT64_MAX / 2);
-		p->st.frames_duplicated++;
-		p->dup_len = 0;
-	}
-	p->st.frames++;
-	p->type_count[p->frame_type]++;
-	p->drop = false;
-	p->hdr_have = p->hdr_sent = 0;
-	return ret;
-}
-
-/* Consume n input bytes. The positions used by emit() are the input ones. */
-static int feed(struct pipe_ *p, const uint8_t *d, size_t n)
-{
-	size_t take;
-	int ret = 0;
-
-	while (n && !ret) {
-		if (p->in_pos >= p->limit) {
-			/* read past a frame cut: the connection is about to
-			 * be cut, these bytes never arrive */
-			p->in_pos += n;
-			break;
-		}
-		if (p->st.desync) {
-			take = min_sz(n, p->limit - p->in_pos);
-			ret = emit(p, d, take, p->in_pos);
-			p->in_pos += take;
-			d += take;
-			n -= take;
-			continue;
-		}
-		if (p->hdr_have < HDR) {
-			if (p->hdr_have == 0)
-				p->hdr_pos = p->in_pos;
-			take = min_sz(n, HDR - p->hdr_have);
-			memcpy(p->hdr + p->hdr_have, d, take);
-			p->hdr_have += take;
-			if (!p->frame_rules)
-				ret = flush_header(p);
-			if (!ret && p->hdr_have == HDR)
-				ret = header_done(p);
-		} else {
-			take = min_sz(n, p->frame_left);
-			if (!p->drop)
-				ret = emit(p, d, min_sz(take, p->limit - p->in_pos),
-					   p->in_pos);
-			p->frame_left -= take;
-		}
-		p->in_pos += take;
-		d += take;
-		n -= take;
-		if (!ret && !p->st.desync && p->hdr_have == HDR &&
-		    p->frame_left == 0)
-			ret = frame_done(p);
-	}
-	return ret;
-}
-
-/* ---- one direction ---- */
-
-/* The next input position where reading must pause for a rule. */
-static uint64_t next_hold(const struct pipe_ *p)
-{
-	uint64_t h = p->limit;
-	unsigned k;
-
-	for (k = 0; k < p->nrules; k++) {
-		const struct prule *r = &p->rules[k];
-
-		switch (r->r.action) {
-		case PROXY_CUT:
-		case PROXY_CUT_RANDOM:
-		case PROXY_STALL:
-		case PROXY_SHUTDOWN:
-			if (!r->done && r->at >= p->in_pos && r->at < h)
-				h = r->at;
-			break;
-		default:
-			break;
-		}
-	}
-	return h;
-}
-
-static bool want_input(const struct pipe_ *p, uint64_t now)
-{
-	if (p->done || p->in_eof)
-		return false;
-	if (p->dead)
-		return true;	/* discard */
-	return p->pending == PEND_NONE && now >= p->stall_until &&
-	       p->len - p->off < OUT_HIGH && next_hold(p) > p->in_pos;
-}
-
-/* Bytes the throttle lets through now; *wait_ns gets the time until one
- * more byte may go when it is 0. */
-static uint64_t throttle_allow(struct pipe_ *p, uint64_t now, uint64_t *wait_ns)
-{
-	uint64_t burst = p->bps / 50, budget, elapsed;
-
-	if (!p->bps)
-		return UINT64_MAX;
-	if (burst < 1)
-		burst = 1;
-	if (burst > (64u << 10))
-		burst = 64u << 10;
-	if (!p->t0)
-		p->t0 = now;
-	elapsed = now - p->t0;
-	budget = (uint64_t)((unsigned __int128)p->bps * elapsed / NS) + burst;
-	if (budget > p->sent)
-		return budget - p->sent;
-	*wait_ns = (uint64_t)((unsigned __int128)(p->sent - burst + 1) * NS /
-			      p->bps) + 1 - elapsed;
-	return 0;
-}
-
-static bool want_output(struct pipe_ *p, uint64_t now, uint64_t *wait_ns)
-{
-	uint64_t w = 0;
-
-	if (p->done || p->off == p->len)
-		return false;
-	if (throttle_allow(p, now, &w) == 0) {
-		if (w < *wait_ns)
-			*wait_ns = w;
-		return false;
-	}
-	return true;
-}
-
-static int pipe_read(struct proxy *px, struct pipe_ *p)
-{
-	size_t room = READ_CHUNK;
-	ssize_t n;
-
-	if (!p->dead)
-		room = min_sz(room, next_hold(p) - p->in_pos);
-	n = recv(p->in, px->scratch, room, MSG_DONTWAIT);
-	if (n < 0)
-		return (errno == EAGAIN || errno == EINTR) ? 0 : -errno;
-	if (n == 0) {
-		p->in_eof = true;
-		return 0;
-	}
-	p->st.bytes_in += (uint64_t)n;
-	if (p->dead) {
-		p->in_pos += (uint64_t)n;
-		return 0;
-	}
-	return feed(p, px->scratch, (size_t)n);
-}
-
-static int pipe_write(struct pipe_ *p, uint64_t now)
-{
-	size_t n = p->len - p->off;
-	uint64_t w = 0, allow;
-	ssize_t done;
-
-	if (p->split && p->st.bytes_out >= p->split_from)
-		n = 1;
-	else if (p->split)	/* whole writes up to where splitting starts */
-		n = min_sz(n, p->split_from - p->st.bytes_out);
-	allow = throttle_allow(p, now, &w);
-	n = min_sz(n, allow);
-	if (!n)
-		return 0;
-	done = send(p->out, p->buf + p->off, n, MSG_DONTWAIT | MSG_NOSIGNAL);
-	if (done < 0)
-		return (errno == EAGAIN || errno == EINTR) ? 0 : -errno;
-	p->off += (size_t)done;
-	p->st.bytes_out += (uint64_t)done;
-	p->st.writes++;
-	p->sent += (uint64_t)done;
-	return 0;
-}
-
 static void conn_close(struct proxy *px, struct conn *c, int err)
 {
 	unsigned i;
@@ -483,11 +78,7 @@ static void conn_close(struct proxy *px, struct conn *c, int err)
 	for (i = 0; i < 2; i++) {
 		close(c->fd[i]);
 		c->fd[i] = -1;
-		free(c->p[i].buf);
-		free(c->p[i].dupbuf);
-		c->p[i].buf = c->p[i].dupbuf = NULL;
-		c->p[i].off = c->p[i].len = c->p[i].cap = 0;
-		c->p[i].dup_len = c->p[i].dup_cap = 0;
+		pipe_free(&c->p[i]);
 	}
 	c->open = false;
 	if (err) {
@@ -504,7 +95,7 @@ static void conn_close(struct proxy *px, struct conn *c, int err)
  * shutdown or EOF once everything before it has been written. Returns
  * false if the connection was closed.
  */
-static bool pipe_progress(struct proxy *px, struct conn *c, struct pipe_ *p,
+static bool pipe_progress(struct proxy *px, struct conn *c, struct proxy_pipe *p,
 			  uint64_t now)
 {
 	unsigned k;
@@ -543,7 +134,7 @@ static bool pipe_progress(struct proxy *px, struct conn *c, struct pipe_ *p,
 		/* Bytes before the hold point must all arrive: a header the
 		 * tracker is holding goes out now. */
 		if ((p->pending != PEND_NONE || now < p->stall_until) &&
-		    flush_header(p)) {
+		    pipe_flush_header(p)) {
 			conn_close(px, c, -ENOMEM);
 			return false;
 		}
@@ -633,7 +224,7 @@ static int conn_add(struct proxy *px, int fd_a, int fd_b)
 	rng = px->seed ^ ((uint64_t)c->index * 0xd1b54a32d192ed03ull);
 	for (i = 0; i < px->nrules; i++) {
 		const struct proxy_rule *r = &px->rules[i];
-		struct pipe_ *p = &c->p[r->dir];
+		struct proxy_pipe *p = &c->p[r->dir];
 		struct prule *pr;
 
 		if (r->conn && r->conn != c->index)
@@ -724,16 +315,16 @@ static void *proxy_main(void *arg)
 			if (!c->open)
 				continue;
 			for (d = 0; d < 2; d++) {
-				struct pipe_ *p = &c->p[d];
-				struct pipe_ *q = &c->p[1 - d];	/* writes to fd[d] */
+				struct proxy_pipe *p = &c->p[d];
+				struct proxy_pipe *q = &c->p[1 - d];	/* writes to fd[d] */
 				short ev = 0;
 
-				if (want_input(p, now))
+				if (pipe_want_input(p, now))
 					ev |= POLLIN;
 				else if (!p->done && now < p->stall_until &&
 					 p->stall_until - now < wait_ns)
 					wait_ns = p->stall_until - now;
-				if (want_output(q, now, &wait_ns))
+				if (pipe_want_output(q, now, &wait_ns))
 					ev |= POLLOUT;
 				pfd[n] = (struct pollfd){
 					.fd = ev ? c->fd[d] : -1, .events = ev };
@@ -765,7 +356,7 @@ static void *proxy_main(void *arg)
 			/* fd[fdi] is the input of pipe fdi and the output of
 			 * pipe 1 - fdi */
 			if ((pfd[i].events & POLLIN) && (re & (POLLIN | POLLHUP | POLLERR)))
-				ret = pipe_read(px, &c->p[fdi]);
+				ret = pipe_read(&c->p[fdi], px->scratch, sizeof(px->scratch));
 			else
 				ret = 0;
 			if (!ret && (pfd[i].events & POLLOUT) &&
@@ -781,6 +372,7 @@ static void *proxy_main(void *arg)
 
 /* ---- API ---- */
 
+/* See proxy.h. Returns 0 or -errno. Caller's thread. */
 int proxy_create(struct proxy **pp, uint64_t seed, FILE *log)
 {
 	const char *env = getenv("PCOPY_PROXY_SEED");
@@ -816,41 +408,16 @@ int proxy_create(struct proxy **pp, uint64_t seed, FILE *log)
 	return 0;
 }
 
+/* The seed in use. Any thread. */
 uint64_t proxy_seed(const struct proxy *p)
 {
 	return p->seed;
 }
 
-static int rule_check(const struct proxy_rule *r)
-{
-	if (r->dir != PROXY_A2B && r->dir != PROXY_B2A)
-		return -EINVAL;
-	switch (r->action) {
-	case PROXY_CUT:
-	case PROXY_SPLIT:
-	case PROXY_SHUTDOWN:
-		return 0;
-	case PROXY_CUT_RANDOM:
-		return r->arg > r->at ? 0 : -EINVAL;
-	case PROXY_STALL:
-		return r->arg >= 1 && r->arg <= 3600000 ? 0 : -EINVAL;
-	case PROXY_THROTTLE:
-		return r->arg >= 1 ? 0 : -EINVAL;
-	case PROXY_FLIP:
-		return r->arg >= 1 && r->arg <= 255 ? 0 : -EINVAL;
-	case PROXY_REPLACE:
-		return r->len >= 1 && r->len <= PROXY_DATA_MAX ? 0 : -EINVAL;
-	case PROXY_DUP_FRAME:
-	case PROXY_DROP_FRAME:
-	case PROXY_CUT_FRAME:
-		return r->type <= 255 ? 0 : -EINVAL;
-	}
-	return -EINVAL;
-}
-
+/* Returns 0, -EINVAL or -ENOSPC. Any thread; affects later connections. */
 int proxy_add_rule(struct proxy *px, const struct proxy_rule *r)
 {
-	int ret = rule_check(r);
+	int ret = proxy_rule_check(r);
 
 	if (ret)
 		return ret;
@@ -863,6 +430,7 @@ int proxy_add_rule(struct proxy *px, const struct proxy_rule *r)
 	return ret;
 }
 
+/* Returns 0, -EALREADY or -errno. Caller's thread, once. */
 int proxy_start(struct proxy *px)
 {
 	int ret;
@@ -882,6 +450,7 @@ static void kick(struct proxy *px)
 	(void)!write(px->wake, &one, sizeof(one));
 }
 
+/* Returns the connection number or -errno. Any thread. */
 int proxy_attach(struct proxy *px, int fd_a, int fd_b)
 {
 	int ret;
@@ -893,6 +462,7 @@ int proxy_attach(struct proxy *px, int fd_a, int fd_b)
 	return ret;
 }
 
+/* Returns the connection number or -errno. Any thread. */
 int proxy_pair(struct proxy *px, int *a_end, int *b_end)
 {
 	int sa[2], sb[2], ret;
@@ -916,6 +486,7 @@ int proxy_pair(struct proxy *px, int *a_end, int *b_end)
 	return ret;
 }
 
+/* Returns 0, -EBUSY (already listening) or -errno. Any thread. */
 int proxy_listen(struct proxy *px, int listen_fd, const struct sockaddr *up,
 		 socklen_t uplen)
 {
@@ -944,6 +515,7 @@ int proxy_listen(struct proxy *px, int listen_fd, const struct sockaddr *up,
 	return 0;
 }
 
+/* Returns 0, -ETIMEDOUT or -ENOENT. Any thread but the proxy's. */
 int proxy_wait_closed(struct proxy *px, unsigned k, int timeout_ms)
 {
 	uint64_t deadline = now_ns() + (uint64_t)(timeout_ms < 0 ? 0 : timeout_ms) * 1000000ull;
@@ -965,6 +537,7 @@ int proxy_wait_closed(struct proxy *px, unsigned k, int timeout_ms)
 	return ret;
 }
 
+/* Connections so far. Any thread. */
 unsigned proxy_conns(struct proxy *px)
 {
 	unsigned n;
@@ -975,6 +548,7 @@ unsigned proxy_conns(struct proxy *px)
 	return n;
 }
 
+/* Returns 0 or -ENOENT. Any thread. */
 int proxy_stats(struct proxy *px, unsigned k, struct proxy_conn_stats *st)
 {
 	int ret = -ENOENT;
@@ -994,6 +568,7 @@ int proxy_stats(struct proxy *px, unsigned k, struct proxy_conn_stats *st)
 	return ret;
 }
 
+/* Joins the thread, closes every socket. The owner's thread. */
 void proxy_destroy(struct proxy *px)
 {
 	unsigned i;
@@ -1017,120 +592,4 @@ void proxy_destroy(struct proxy *px)
 	pthread_cond_destroy(&px->cond);
 	pthread_mutex_destroy(&px->lock);
 	free(px);
-}
-
-/* ---- rule text ---- */
-
-static int parse_num(const char *s, const char **end, uint64_t *v)
-{
-	char *e;
-
-	errno = 0;
-	if (*s < '0' || *s > '9')
-		return -EINVAL;
-	*v = strtoull(s, &e, 0);
-	if (errno)
-		return -EINVAL;
-	switch (*e) {
-	case 'k': case 'K': *v <<= 10; e++; break;
-	case 'm': case 'M': *v <<= 20; e++; break;
-	case 'g': case 'G': *v <<= 30; e++; break;
-	}
-	*end = e;
-	return 0;
-}
-
-static int parse_hex(const char *s, const char **end, struct proxy_rule *r)
-{
-	unsigned hi, lo;
-
-	if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X'))
-		s += 2;
-	r->len = 0;
-	while (s[0] && s[0] != ',') {
-		if (r->len >= PROXY_DATA_MAX || !s[1] ||
-		    sscanf(s, "%1x%1x", &hi, &lo) != 2)
-			return -EINVAL;
-		r->data[r->len++] = (uint8_t)(hi << 4 | lo);
-		s += 2;
-	}
-	*end = s;
-	return r->len ? 0 : -EINVAL;
-}
-
-__attribute__((format(printf, 3, 4)))
-static int bad(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err && errlen) {
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return -EINVAL;
-}
-
-int proxy_parse_rule(const char *spec, struct proxy_rule *r, char *err,
-		     size_t errlen)
-{
-	static const struct { const char *name; enum proxy_action a; } acts[] = {
-		{ "cut-random", PROXY_CUT_RANDOM }, { "cut-frame", PROXY_CUT_FRAME },
-		{ "cut", PROXY_CUT },
-		{ "stall", PROXY_STALL }, { "throttle", PROXY_THROTTLE },
-		{ "split", PROXY_SPLIT }, { "flip", PROXY_FLIP },
-		{ "replace", PROXY_REPLACE }, { "dup-frame", PROXY_DUP_FRAME },
-		{ "drop-frame", PROXY_DROP_FRAME }, { "shutdown", PROXY_SHUTDOWN },
-	};
-	const char *s = spec;
-	bool has_arg = false;
-	unsigned i;
-	uint64_t v;
-
-	memset(r, 0, sizeof(*r));
-	if (!strncmp(s, "a2b:", 4))
-		r->dir = PROXY_A2B;
-	else if (!strncmp(s, "b2a:", 4))
-		r->dir = PROXY_B2A;
-	else
-		return bad(err, errlen, "rule '%s': want a2b: or b2a:", spec);
-	s += 4;
-	for (i = 0; i < sizeof(acts) / sizeof(acts[0]); i++) {
-		size_t n = strlen(acts[i].name);
-
-		if (!strncmp(s, acts[i].name, n) &&
-		    (s[n] == '\0' || s[n] == '@' || s[n] == '=' || s[n] == ',')) {
-			r->action = acts[i].a;
-			s += n;
-			break;
-		}
-	}
-	if (!r->action)
-		return bad(err, errlen, "rule '%s': unknown action", spec);
-	if (*s == '@' && parse_num(s + 1, &s, &r->at))
-		return bad(err, errlen, "rule '%s': bad position", spec);
-	if (*s == '=') {
-		has_arg = true;
-		if (r->action == PROXY_REPLACE ? parse_hex(s + 1, &s, r) :
-		    parse_num(s + 1, &s, &r->arg))
-			return bad(err, errlen, "rule '%s': bad value", spec);
-	}
-	while (*s == ',') {
-		if (!strncmp(s, ",conn=", 6) && !parse_num(s + 6, &s, &v) &&
-		    v <= PROXY_CONNS_MAX)
-			r->conn = (unsigned)v;
-		else if (!strncmp(s, ",type=", 6) && !parse_num(s + 6, &s, &v) &&
-			 v <= 255)
-			r->type = (unsigned)v;
-		else
-			return bad(err, errlen, "rule '%s': bad option at '%s'",
-				   spec, s);
-	}
-	if (*s)
-		return bad(err, errlen, "rule '%s': trailing '%s'", spec, s);
-	if (r->action == PROXY_FLIP && !has_arg)
-		r->arg = 0x01;
-	if (rule_check(r))
-		return bad(err, errlen, "rule '%s': value out of range", spec);
-	return 0;
 }

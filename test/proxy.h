@@ -101,6 +101,9 @@ int proxy_create(struct proxy **pp, uint64_t seed, FILE *log);
 /* The seed in use. */
 uint64_t proxy_seed(const struct proxy *p);
 
+/* Check a rule's fields (direction, action, ranges). Returns 0 or -EINVAL. */
+int proxy_rule_check(const struct proxy_rule *r);
+
 /* Add a rule; it applies to connections created after the call. Returns 0,
  * -EINVAL (bad rule) or -ENOSPC. */
 int proxy_add_rule(struct proxy *p, const struct proxy_rule *r);
