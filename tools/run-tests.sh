@@ -39,7 +39,7 @@ run_build() { # run_build NAME [configure args...]
 	echo "== $name: configure $*"
 	mkdir -p "$dir"
 	if ! ( cd "$dir" && { [ -f Makefile ] || "$top/configure" -q "$@"; } &&
-	       make -s -j2 >/dev/null && make -s -j2 check >/dev/null 2>&1; ); then
+	       make -s -j2 >/dev/null && make -s check >/dev/null 2>&1; ); then
 		status=1
 	fi
 	if [ ! -f "$dir/test/check_wire.log" ]; then
