@@ -129,12 +129,12 @@ int main(int argc, char **argv)
 	}
 
 	pcopy_source_stats(s, &st);
-	printf("served %lu MiB: %llu bytes on the wire, %llu requested pages "
-	       "in %llu requests, %llu zero pages\n",
+	printf("served %lu MiB: %llu bytes on the wire, %llu zero pages, "
+	       "%llu request messages, %llu pages sent ahead of the scan\n",
 	       mib, (unsigned long long)st.bytes_wire,
-	       (unsigned long long)st.requests,
+	       (unsigned long long)st.pages_zero,
 	       (unsigned long long)st.request_msgs,
-	       (unsigned long long)st.pages_zero);
+	       (unsigned long long)st.requests);
 	pcopy_source_destroy(s);
 	munmap(mem, region.length);
 	return 0;

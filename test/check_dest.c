@@ -207,7 +207,7 @@ struct fake {
 	struct codec_zlib *z;
 	uint64_t *q;
 	size_t qh, qt, qcap;
-	uint8_t rbuf[PCOPY_WIRE_PAYLOAD_MAX];
+	uint8_t *rbuf;		/* PCOPY_WIRE_PAYLOAD_MAX */
 	pthread_t thr;
 };
 
@@ -284,7 +284,7 @@ static int fake_poll_msg(struct fake *f, int timeout_ms)
 
 	if (poll(&p, 1, timeout_ms) <= 0)
 		return 0;
-	rc = conn_recv_msg(f->fd, &h, f->rbuf, sizeof(f->rbuf),
+	rc = conn_recv_msg(f->fd, &h, f->rbuf, PCOPY_WIRE_PAYLOAD_MAX,
 			   pcopy_now_ns() + 10000000000ull, -1, err, sizeof(err));
 	if (rc)
 		return -1;
@@ -582,6 +582,7 @@ static int fake_start(struct fake *f, struct mem *m, unsigned nreg, enum script 
 	f->q = calloc(f->qcap, sizeof(*f->q));
 	f->page = aligned_alloc(TP, HUGE_PS);
 	f->zbuf = malloc(PCOPY_WIRE_PAYLOAD_MAX);
+	f->rbuf = malloc(PCOPY_WIRE_PAYLOAD_MAX);
 	return sv[0];
 }
 
@@ -601,6 +602,7 @@ static void fake_end(struct fake *f)
 	free(f->q);
 	free(f->page);
 	free(f->zbuf);
+	free(f->rbuf);
 	codec_zlib_free(f->z);
 }
 
@@ -783,6 +785,12 @@ START_TEST(test_create_invalid)
 	rg[1].host = p + 8 * TP;
 	o.flags = PCOPY_DEST_UFFD_REGISTERED;	/* without a uffd */
 	ck_assert_int_eq(pcopy_dest_create(&d, rg, 2, &o), -EINVAL);
+	/* a uffd that never went through UFFDIO_API; closed even on failure */
+	o.uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	ck_assert_int_ge(o.uffd, 0);
+	ck_assert_int_eq(pcopy_dest_create(&d, rg, 2, &o), -EINVAL);
+	ck_assert_int_eq(fcntl(o.uffd, F_GETFD), -1);
+	o.uffd = -1;
 	o.flags = 0;
 	o.fail_mode = 7;
 	ck_assert_int_eq(pcopy_dest_create(&d, rg, 2, &o), -EINVAL);

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -334,8 +335,20 @@ int dest_uffd_setup(struct pcopy_dest *d, int uffd_in)
 				  uffd_in, strerror(errno));
 			goto fail;
 		}
-		if (d->flags & PCOPY_DEST_UFFD_REGISTERED)
+		if (d->flags & PCOPY_DEST_UFFD_REGISTERED) {
+			/* A uffd without UFFDIO_API polls as POLLERR forever:
+			 * refuse it now rather than spin in the fault thread. */
+			struct pollfd p = { .fd = uffd_in, .events = POLLIN };
+
+			if (poll(&p, 1, 0) == 1 && (p.revents & (POLLERR | POLLNVAL))) {
+				pcopy_log(&d->log, PCOPY_LOG_ERROR,
+					  "PCOPY_DEST_UFFD_REGISTERED: uffd %d has not been through UFFDIO_API",
+					  uffd_in);
+				rc = -EINVAL;
+				goto fail;
+			}
 			return 0;
+		}
 	} else {
 		d->uffd = uffd_open(d, false);
 		if (d->uffd < 0) {
