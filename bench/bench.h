@@ -48,6 +48,7 @@ struct b_opts {
 	unsigned hot_pct;		/* hot set, percent of pages */
 	unsigned hot_cluster;		/* pages per hot cluster */
 	bool source_file;		/* library source serves a snapshot file */
+	bool src_nodelay;		/* experiment: TCP_NODELAY on the source side */
 	bool quiet;
 	const char *json_path;		/* also append JSON lines here */
 	const char *tmpdir;		/* snapshot file for the naive run */
@@ -145,6 +146,7 @@ struct ctl_done {
 };
 
 #define CTL_F_SOURCE_FILE 1u
+#define CTL_F_SRC_NODELAY 2u	/* TCP_NODELAY on the server's data socket */
 
 /* Serve sessions on listening socket lfd until QUIT or EOF. Returns exit
  * status for the process. */

@@ -10,6 +10,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -79,6 +81,12 @@ static int serve_session(int lfd, int ctl, struct server_image *im)
 	fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
 	if (fd < 0)
 		return -errno;
+	if (rq.flags & CTL_F_SRC_NODELAY) {
+		int one = 1;
+
+		/* fails harmlessly on a Unix socket */
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	}
 	b_reset_hwm();
 	base = b_vm_rss();
 	c0 = b_proc_cpu_ns();
@@ -132,7 +140,8 @@ int ctl_open(const struct b_addr *srv, enum ctl_kind kind, const struct b_opts *
 		.magic = CTL_MAGIC,
 		.kind = kind,
 		.image_bytes = o->image_bytes,
-		.flags = o->source_file ? CTL_F_SOURCE_FILE : 0,
+		.flags = (o->source_file ? CTL_F_SOURCE_FILE : 0) |
+			 (o->src_nodelay ? CTL_F_SRC_NODELAY : 0),
 	};
 	struct ctl_done ready;
 	int ctl, fd, rc;

@@ -40,6 +40,7 @@ static void usage(FILE *f, const char *argv0)
 		"      --hot-pct P        hot set, percent of pages (10)\n"
 		"      --hot-cluster N    pages per hot cluster (64)\n"
 		"      --source-file      library source serves a snapshot file\n"
+		"      --src-nodelay      experiment: TCP_NODELAY on the source's socket\n"
 		"      --json FILE        also append the JSON lines to FILE\n"
 		"      --tmpdir DIR       where snapshot files go (/tmp)\n"
 		"  -q, --quiet            no progress on stderr\n", argv0);
@@ -85,6 +86,7 @@ static int parse(int argc, char **argv, struct b_opts *o)
 		{ "hot-pct", required_argument, NULL, 'P' },
 		{ "hot-cluster", required_argument, NULL, 'K' },
 		{ "source-file", no_argument, NULL, 'F' },
+		{ "src-nodelay", no_argument, NULL, 'N' },
 		{ "json", required_argument, NULL, 'J' },
 		{ "tmpdir", required_argument, NULL, 'T' },
 		{ "quiet", no_argument, NULL, 'q' },
@@ -134,6 +136,7 @@ static int parse(int argc, char **argv, struct b_opts *o)
 		case 'P': o->hot_pct = (unsigned)atoi(optarg); break;
 		case 'K': o->hot_cluster = (unsigned)atoi(optarg); break;
 		case 'F': o->source_file = true; break;
+		case 'N': o->src_nodelay = true; break;
 		case 'J': o->json_path = optarg; break;
 		case 'T': o->tmpdir = optarg; break;
 		case 'q': o->quiet = true; break;
@@ -301,6 +304,7 @@ int main(int argc, char **argv)
 	}
 	if (o.runs & RUN_RAW) {
 		progress(&o, "raw round trip", "");
+		b_warm_memory((size_t)o.raw_faults * B_PAGE + (64u << 20));
 		if (run_raw(&o, &srv, &res[n++]) < 0)
 			failed++;
 	}

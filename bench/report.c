@@ -58,6 +58,8 @@ void report_json(FILE *f, const struct b_opts *o, const struct b_result *r,
 	jstr(f, "run", r->run);
 	jstr(f, "order", r->order);
 	jstr(f, "link", o->link_name);
+	if (o->src_nodelay)
+		jstr(f, "variant", "src-nodelay");
 	jnum(f, "image_mib", (double)(o->image_bytes >> 20));
 	jnum(f, "touchers", r->touchers);
 	jnum(f, "rc", r->rc);
