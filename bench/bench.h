@@ -85,9 +85,21 @@ uint64_t b_vm_hwm(void);
  * part of the image actually in memory (zero pages map the shared zero page
  * and cost nothing). */
 uint64_t b_region_rss(const void *addr, size_t len);
+/* Anonymous memory between two PROT_NONE guard pages, so its VMA never
+ * merges with a neighbour (smaps figures stay per image); NULL on failure. */
+void *b_map_guarded(size_t len);
+void b_unmap_guarded(void *p, size_t len);
 /* Touch and free n bytes, so guest memory is backed by the host before
  * anything is timed (first touches of guest RAM are slow on a VM). */
 void b_warm_memory(size_t n);
+
+/* Where the CPU went, per thread: a sampler thread reads
+ * /proc/self/task/<tid>/stat every 20 ms (threads that exit keep their last
+ * figure); stop() writes "comm/tid=ms ..." for every thread but main with at
+ * least 1 ms (clock-tick resolution) and frees the sampler. */
+struct b_task_sampler;
+struct b_task_sampler *b_task_sampler_start(void);
+void b_task_sampler_stop(struct b_task_sampler *ts, char *out, size_t len);
 
 /* Latency samples (ns). */
 struct b_lat {
@@ -143,6 +155,7 @@ struct ctl_done {
 	uint64_t mem_overhead;		/* server VmHWM - RSS before session */
 	uint64_t served;		/* requests served (raw) */
 	char err[200];
+	char threads[256];		/* b_task_cpu_summary() of the source */
 };
 
 #define CTL_F_SOURCE_FILE 1u
@@ -216,6 +229,7 @@ struct b_result {
 	double cdf_us[22];		/* latency at b_cdf_q[] */
 	bool has_cdf;
 	char note[160];
+	char dst_threads[256], src_threads[256];
 };
 
 extern const double b_cdf_q[22];
@@ -236,7 +250,7 @@ int run_lib(const struct b_opts *o, const struct b_addr *srv, enum b_order ord,
 /* server sides */
 int serve_raw(int fd, const uint8_t *image, size_t len, uint64_t *served);
 int serve_lib(int fd, const uint8_t *image, size_t len, int file_fd,
-	      char *err, size_t errlen);
+	      struct ctl_done *done);
 
 /* ---- small userfaultfd helpers (buffd.c) ---- */
 

@@ -97,7 +97,7 @@ static int serve_session(int lfd, int ctl, struct server_image *im)
 		/* The library owns fd from here on. */
 		done.rc = serve_lib(fd, im->mem, im->len,
 				    (rq.flags & CTL_F_SOURCE_FILE) ? im->file_fd : -1,
-				    done.err, sizeof(done.err));
+				    &done);
 	}
 	done.cpu_ns = b_proc_cpu_ns() - c0;
 	done.mem_overhead = b_vm_hwm() > base ? b_vm_hwm() - base : 0;
@@ -175,6 +175,7 @@ int ctl_finish(int ctl_fd, struct ctl_done *done)
 	if (rc == 0 && done->magic != CTL_MAGIC)
 		rc = -EPROTO;
 	done->err[sizeof(done->err) - 1] = 0;
+	done->threads[sizeof(done->threads) - 1] = 0;
 	return rc;
 }
 

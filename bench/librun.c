@@ -42,6 +42,7 @@ int run_lib(const struct b_opts *o, const struct b_addr *srv, enum b_order ord,
 	struct pcopy_dest *d = NULL;
 	struct pcopy_stats st;
 	struct ctl_done done;
+	struct b_task_sampler *ts = NULL;
 	uint8_t *mem;
 	uint64_t t0, t_end, c0, c1, base, hwm, img_rss;
 	int ctl = -1, fd = -1, rc, wrc;
@@ -53,10 +54,11 @@ int run_lib(const struct b_opts *o, const struct b_addr *srv, enum b_order ord,
 	snprintf(r->order, sizeof(r->order), "%s", b_order_name(ord));
 	r->touchers = ord == ORDER_NONE ? 0 : o->touchers;
 	r->first_touch_s = r->hot_s = -1;
-	mem = mmap(NULL, len, PROT_READ | PROT_WRITE,
-		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (mem == MAP_FAILED) {
-		rc = -errno;
+	/* Guarded: the library unregisters at completion, and the VMA must
+	 * not merge with a neighbour before smaps is read. */
+	mem = b_map_guarded(len);
+	if (!mem) {
+		rc = -ENOMEM;
 		goto out;
 	}
 	reg.host = mem;
@@ -79,6 +81,7 @@ int run_lib(const struct b_opts *o, const struct b_addr *srv, enum b_order ord,
 		snprintf(r->note, sizeof(r->note), "server: %s", strerror(-rc));
 		goto out_dest;
 	}
+	ts = b_task_sampler_start();
 	c0 = b_proc_cpu_ns();
 	t0 = b_now_ns();
 	rc = pcopy_dest_start(d, fd);	/* takes fd, even on failure */
@@ -99,6 +102,8 @@ int run_lib(const struct b_opts *o, const struct b_addr *srv, enum b_order ord,
 	wrc = pcopy_dest_wait(d, 600000);
 	t_end = b_now_ns();
 	c1 = b_proc_cpu_ns();
+	b_task_sampler_stop(ts, r->dst_threads, sizeof(r->dst_threads));
+	ts = NULL;
 	hwm = b_vm_hwm();
 	img_rss = b_region_rss(mem, len);
 	if (wrc < 0) {
@@ -128,6 +133,7 @@ int run_lib(const struct b_opts *o, const struct b_addr *srv, enum b_order ord,
 	if (wrc == 0)
 		r->bad_pages += verify_all(mem, len);
 out_ctl:
+	b_task_sampler_stop(ts, r->dst_threads, sizeof(r->dst_threads));
 	/* The source ends its session when the destination is done (or gone):
 	 * destroy first, then collect the server's figures. */
 	pcopy_dest_destroy(d);
@@ -135,6 +141,7 @@ out_ctl:
 	if (ctl_finish(ctl, &done) == 0) {
 		r->src_cpu_s = done.cpu_ns / 1e9;
 		r->src_mem_overhead_mib = done.mem_overhead / 1048576.0;
+		snprintf(r->src_threads, sizeof(r->src_threads), "%s", done.threads);
 		if (done.rc < 0 && !r->note[0])
 			snprintf(r->note, sizeof(r->note), "source: %.100s (%s)", done.err,
 				 strerror(-done.rc));
@@ -148,14 +155,14 @@ out_plan:
 	b_lat_free(&tr.lat);
 	b_plan_free(&plan);
 out_unmap:
-	munmap(mem, len);
+	b_unmap_guarded(mem, len);
 out:
 	r->rc = rc;
 	return rc;
 }
 
 int serve_lib(int fd, const uint8_t *image, size_t len, int file_fd,
-	      char *err, size_t errlen)
+	      struct ctl_done *done)
 {
 	struct pcopy_source_region reg = {
 		.name = "ram", .mem = file_fd < 0 ? image : NULL, .fd = file_fd,
@@ -165,19 +172,24 @@ int serve_lib(int fd, const uint8_t *image, size_t len, int file_fd,
 	struct pcopy_source *s = NULL;
 	int rc;
 
+	struct b_task_sampler *ts = b_task_sampler_start();
+
 	pcopy_source_opts_init(&so);
 	so.log = log_stderr;
 	rc = pcopy_source_create(&s, &reg, 1, &so);
 	if (rc < 0) {
-		snprintf(err, errlen, "source_create: %s", pcopy_strerror(rc));
+		snprintf(done->err, sizeof(done->err), "source_create: %s",
+			 pcopy_strerror(rc));
 		close(fd);
+		b_task_sampler_stop(ts, done->threads, sizeof(done->threads));
 		return rc;
 	}
 	rc = pcopy_source_start(s, fd);
 	if (rc == 0)
 		rc = pcopy_source_wait(s, 600000);
 	if (rc < 0)
-		snprintf(err, errlen, "%s", pcopy_source_error(s));
+		snprintf(done->err, sizeof(done->err), "%s", pcopy_source_error(s));
+	b_task_sampler_stop(ts, done->threads, sizeof(done->threads));
 	pcopy_source_destroy(s);
 	return rc;
 }

@@ -5,6 +5,7 @@
  */
 #include "bench.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -116,6 +117,26 @@ uint64_t b_region_rss(const void *addr, size_t len)
 	return rss;
 }
 
+void *b_map_guarded(size_t len)
+{
+	uint8_t *p = mmap(NULL, len + 2 * B_PAGE, PROT_NONE,
+			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	if (mprotect(p + B_PAGE, len, PROT_READ | PROT_WRITE) < 0) {
+		munmap(p, len + 2 * B_PAGE);
+		return NULL;
+	}
+	return p + B_PAGE;
+}
+
+void b_unmap_guarded(void *p, size_t len)
+{
+	if (p)
+		munmap((uint8_t *)p - B_PAGE, len + 2 * B_PAGE);
+}
+
 void b_warm_memory(size_t n)
 {
 	void *p = mmap(NULL, n, PROT_READ | PROT_WRITE,
@@ -125,6 +146,150 @@ void b_warm_memory(size_t n)
 		return;
 	memset(p, 1, n);
 	munmap(p, n);
+}
+
+/* One thread's comm and CPU ms from /proc/self/task/<tid>/stat. */
+static int task_cpu(const char *tid, char *comm, size_t commlen, double *ms)
+{
+	char path[300], buf[512], *open_p, *close_p;
+	unsigned long long ut = 0, st = 0;
+	FILE *f;
+	size_t n;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%s/stat", tid);
+	f = fopen(path, "r");
+	if (!f)
+		return -errno;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = 0;
+	/* comm may hold spaces and parentheses: take the last ')' */
+	open_p = strchr(buf, '(');
+	close_p = strrchr(buf, ')');
+	if (!open_p || !close_p || close_p < open_p)
+		return -EINVAL;
+	snprintf(comm, commlen, "%.*s", (int)(close_p - open_p - 1), open_p + 1);
+	/* after ") ": state(3) ... utime(14) stime(15) */
+	if (sscanf(close_p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+		   &ut, &st) != 2)
+		return -EINVAL;
+	*ms = (double)(ut + st) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+	return 0;
+}
+
+struct task_seen {
+	int tid;
+	char comm[32];
+	double ms;
+};
+
+struct b_task_sampler {
+	pthread_t tid;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool stop;
+	unsigned n;
+	struct task_seen t[64];
+};
+
+/* Record the CPU of every thread but main; a thread's last sample stays
+ * after it exits. O(threads) file reads. */
+static void sample_tasks(struct b_task_sampler *ts)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	int self = (int)getpid();
+
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		char comm[32];
+		double ms = 0;
+		int tid = atoi(e->d_name);
+		unsigned i;
+
+		if (tid <= 0 || tid == self ||
+		    task_cpu(e->d_name, comm, sizeof(comm), &ms) < 0)
+			continue;
+		for (i = 0; i < ts->n && ts->t[i].tid != tid; i++)
+			;
+		if (i == ts->n) {
+			if (ts->n == sizeof(ts->t) / sizeof(ts->t[0]))
+				continue;
+			ts->n++;
+			ts->t[i].tid = tid;
+		}
+		snprintf(ts->t[i].comm, sizeof(ts->t[i].comm), "%s", comm);
+		ts->t[i].ms = ms;
+	}
+	closedir(d);
+}
+
+static void *sampler_main(void *arg)
+{
+	struct b_task_sampler *ts = arg;
+
+	pthread_setname_np(pthread_self(), "bench-sampler");
+	pthread_mutex_lock(&ts->lock);
+	while (!ts->stop) {
+		struct timespec dl;
+
+		clock_gettime(CLOCK_REALTIME, &dl);
+		dl.tv_nsec += 20 * 1000000L;	/* 50 Hz: cheap, and loses at
+						   most 20 ms of an exiting thread */
+		if (dl.tv_nsec >= 1000000000L) {
+			dl.tv_sec++;
+			dl.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&ts->cond, &ts->lock, &dl);
+		sample_tasks(ts);
+	}
+	pthread_mutex_unlock(&ts->lock);
+	return NULL;
+}
+
+struct b_task_sampler *b_task_sampler_start(void)
+{
+	struct b_task_sampler *ts = calloc(1, sizeof(*ts));
+
+	if (!ts)
+		return NULL;
+	pthread_mutex_init(&ts->lock, NULL);
+	pthread_cond_init(&ts->cond, NULL);
+	if (pthread_create(&ts->tid, NULL, sampler_main, ts) != 0) {
+		free(ts);
+		return NULL;
+	}
+	return ts;
+}
+
+void b_task_sampler_stop(struct b_task_sampler *ts, char *out, size_t len)
+{
+	size_t used = 0;
+
+	if (!ts)
+		return;		/* already stopped: keep what out holds */
+	out[0] = 0;
+	pthread_mutex_lock(&ts->lock);
+	ts->stop = true;
+	pthread_cond_signal(&ts->cond);
+	pthread_mutex_unlock(&ts->lock);
+	pthread_join(ts->tid, NULL);
+	sample_tasks(ts);
+	for (unsigned i = 0; i < ts->n; i++) {
+		int w;
+
+		if (ts->t[i].ms < 1 || strcmp(ts->t[i].comm, "bench-sampler") == 0)
+			continue;
+		w = snprintf(out + used, len - used, "%s%s/%d=%.0fms", used ? " " : "",
+			     ts->t[i].comm, ts->t[i].tid, ts->t[i].ms);
+		if (w < 0 || (size_t)w >= len - used)
+			break;
+		used += (size_t)w;
+	}
+	pthread_mutex_destroy(&ts->lock);
+	pthread_cond_destroy(&ts->cond);
+	free(ts);
 }
 
 int b_lat_init(struct b_lat *l, size_t cap)

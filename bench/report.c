@@ -115,6 +115,10 @@ void report_json(FILE *f, const struct b_opts *o, const struct b_result *r,
 			fprintf(f, "%s[%g,%.6g]", i ? "," : "", b_cdf_q[i], r->cdf_us[i]);
 		fputc(']', f);
 	}
+	if (r->dst_threads[0])
+		jstr(f, "dst_threads", r->dst_threads);
+	if (r->src_threads[0])
+		jstr(f, "src_threads", r->src_threads);
 	if (r->note[0])
 		jstr(f, "note", r->note);
 	fprintf(f, "}\n");

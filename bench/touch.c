@@ -116,6 +116,7 @@ static void *toucher_main(void *arg)
 	struct toucher *t = arg;
 	const struct b_touch_plan *p = t->all->plan;
 
+	pthread_setname_np(pthread_self(), "bench-touch");
 	for (;;) {
 		uint64_t i = atomic_fetch_add(&t->all->cursor, GRAB);
 

@@ -157,10 +157,44 @@ static void addr_perms(const void *addr, char perms[8])
 	fclose(f);
 }
 
+/* A counter of the 2 MiB pool, e.g. "free_hugepages"; -1 if unreadable. */
+static long hp_read(const char *name)
+{
+	char path[128];
+	long v = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/sys/kernel/mm/hugepages/hugepages-2048kB/%s", name);
+	f = fopen(path, "re");
+	if (!f)
+		return -1;
+	if (fscanf(f, "%ld", &v) != 1)
+		v = -1;
+	fclose(f);
+	return v;
+}
+
+/* Free huge pages nobody has reserved. */
+static long hp_avail(void)
+{
+	return hp_read("free_hugepages") - hp_read("resv_hugepages");
+}
+
 static bool huge_skip(enum mt t)
 {
-	if (t == MT_HUGE && !g_huge_ok) {
+	long avail;
+
+	if (t != MT_HUGE)
+		return false;
+	if (!g_huge_ok) {
 		fprintf(stderr, "SKIP hugetlb case: %s\n", g_huge_why);
+		return true;
+	}
+	/* the pool is global: concurrent test programs may hold it */
+	avail = hp_avail();
+	if (avail < 8) {
+		fprintf(stderr, "SKIP hugetlb case: only %ld unreserved 2 MiB pages free (pool in use elsewhere)\n",
+			avail);
 		return true;
 	}
 	return false;
@@ -179,7 +213,7 @@ enum script {
 	SC_BAD_CRC, SC_BAD_REGION, SC_BAD_OFFSET_END, SC_BAD_MISALIGNED,
 	SC_BAD_RAWLEN, SC_OUT_OF_ORDER, SC_OTHER_HP_MIDPAGE, SC_END_MISSING,
 	SC_UNKNOWN_TYPE, SC_UNEXPECTED_REQ, SC_SRC_ERROR, SC_EOF, SC_BAD_ZLIB,
-	SC_ZLIB_NOT_NEGOTIATED, SC_BAD_MAGIC, SC_UNEXPECTED_HELLO,
+	SC_ZLIB_NOT_NEGOTIATED, SC_BAD_MAGIC, SC_UNEXPECTED_HELLO, SC_UNEXPECTED_DONE,
 };
 
 struct fake {
@@ -468,8 +502,28 @@ static void fake_bad(struct fake *f, enum script sc)
 		fake_frame(f, PCOPY_MSG_REQ, 0, 0, 1, 0, buf, PCOPY_REQ_ENTRY_SIZE, false);
 		break;
 	}
-	case SC_UNEXPECTED_HELLO: {
+	case SC_UNEXPECTED_DONE:
 		fake_frame(f, PCOPY_MSG_DONE, 0, 0, 0, 0, NULL, 0, false);
+		break;
+	case SC_UNEXPECTED_HELLO: {
+		/* a second HELLO mid-stream, well formed */
+		struct wire_hello hl;
+		uint8_t hb[2048];
+		int len;
+
+		memset(&hl, 0, sizeof(hl));
+		hl.version = PCOPY_WIRE_VERSION;
+		hl.role = PCOPY_ROLE_SOURCE;
+		hl.target_page = TP;
+		hl.nregions = 1;
+		strcpy(hl.regions[0].name, "ram0");
+		hl.regions[0].length = f->len[0];
+		hl.regions[0].host_page = (uint32_t)f->ps[0];
+		len = wire_hello_encode(&hl, hb, sizeof(hb));
+		if (len <= 0)
+			FAKE_FAIL(f);
+		else
+			fake_frame(f, PCOPY_MSG_HELLO, 0, 0, 0, 0, hb, (uint32_t)len, false);
 		break;
 	}
 	case SC_SRC_ERROR:
@@ -631,12 +685,12 @@ static void event_cb(void *opaque, int err)
 	atomic_store(&g_event_err, err);
 }
 
-static void regions_of(struct mem *m, unsigned n, struct pcopy_region *rg, char names[][8])
+static void regions_of(struct mem *m, unsigned n, struct pcopy_region *rg, char names[][16])
 {
 	unsigned i;
 
 	for (i = 0; i < n; i++) {
-		snprintf(names[i], 8, "ram%u", i);
+		snprintf(names[i], 16, "ram%u", i);
 		rg[i] = (struct pcopy_region){ names[i], m[i].p, m[i].len, m[i].ps };
 	}
 }
@@ -667,7 +721,7 @@ static bool alloc_regions(struct mem *m, enum mt t, bool noreserve)
 static struct pcopy_dest *dest_new(struct mem *m, unsigned n, struct pcopy_dest_opts *o)
 {
 	struct pcopy_region rg[NREG];
-	char names[NREG][8];
+	char names[NREG][16];
 	struct pcopy_dest *d = NULL;
 
 	regions_of(m, n, rg, names);
@@ -742,6 +796,22 @@ static void *toucher_main(void *arg)
 /* tests: validation                                                   */
 /* ------------------------------------------------------------------ */
 
+/* A fresh userfaultfd: the syscall, else /dev/userfaultfd (valgrind 3.19
+ * does not know the syscall). */
+static int raw_uffd(void)
+{
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK), dev;
+
+	if (fd >= 0)
+		return fd;
+	dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	if (dev < 0)
+		return -1;
+	fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+	close(dev);
+	return fd;
+}
+
 START_TEST(test_create_invalid)
 {
 	struct pcopy_dest_opts o;
@@ -786,7 +856,7 @@ START_TEST(test_create_invalid)
 	o.flags = PCOPY_DEST_UFFD_REGISTERED;	/* without a uffd */
 	ck_assert_int_eq(pcopy_dest_create(&d, rg, 2, &o), -EINVAL);
 	/* a uffd that never went through UFFDIO_API; closed even on failure */
-	o.uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	o.uffd = raw_uffd();
 	ck_assert_int_ge(o.uffd, 0);
 	ck_assert_int_eq(pcopy_dest_create(&d, rg, 2, &o), -EINVAL);
 	ck_assert_int_eq(fcntl(o.uffd, F_GETFD), -1);
@@ -829,8 +899,10 @@ END_TEST
 /* tests: restores                                                     */
 /* ------------------------------------------------------------------ */
 
+/* Checks the stats of a completed restore; *out gets them, to be compared
+ * with what the fake saw once its thread has ended. */
 static void check_stats_complete(struct pcopy_dest *d, struct mem *m,
-				 struct fake *f, bool touched, uint64_t dups)
+				 bool touched, uint64_t dups, struct pcopy_stats *out)
 {
 	struct pcopy_stats st;
 	uint64_t tps = 0, hps = 0;
@@ -867,8 +939,6 @@ static void check_stats_complete(struct pcopy_dest *d, struct mem *m,
 		ck_assert_uint_gt(st.request_msgs, 0);
 		ck_assert_uint_le(st.request_msgs, st.requests);
 		ck_assert_uint_le(st.requests, hps);
-		ck_assert_uint_le(f->req_entries, st.requests);
-		ck_assert_uint_gt(f->req_entries, 0);
 		ck_assert_uint_le(st.lat_samples, st.requests);
 		ck_assert_uint_gt(st.lat_samples, 0);
 		ck_assert_uint_le(st.lat_p50_ns, st.lat_p99_ns);
@@ -878,8 +948,24 @@ static void check_stats_complete(struct pcopy_dest *d, struct mem *m,
 	} else {
 		ck_assert_uint_eq(st.faults, 0);
 		ck_assert_uint_eq(st.requests, 0);
-		ck_assert_uint_eq(f->req_entries, 0);
 	}
+	*out = st;
+}
+
+/* What the fake saw against the destination's stats (after fake_end). */
+static void check_fake_vs_stats(const struct fake *f, const struct pcopy_stats *st)
+{
+	ck_assert_int_eq(f->hs_rc, 0);
+	ck_assert_int_eq(f->fail_line, 0);
+	ck_assert(f->got_done);
+	/* REQs reached the source intact (one may still be in flight behind
+	 * DONE, when the last page landed while its fault was being read) */
+	ck_assert_uint_le(f->req_entries, st->requests);
+	ck_assert_uint_le(f->req_msgs, st->request_msgs);
+	if (st->requests)
+		ck_assert_uint_gt(f->req_entries, 0);
+	else
+		ck_assert_uint_eq(f->req_entries, 0);
 }
 
 static void run_restore(enum mt t, enum script sc, unsigned ntouch, bool zlib)
@@ -889,6 +975,7 @@ static void run_restore(enum mt t, enum script sc, unsigned ntouch, bool zlib)
 	struct pcopy_dest_opts o;
 	struct pcopy_dest *d;
 	struct fake f;
+	struct pcopy_stats st;
 	unsigned i;
 	char perms[8];
 	int fd;
@@ -920,13 +1007,11 @@ static void run_restore(enum mt t, enum script sc, unsigned ntouch, bool zlib)
 	}
 	for (i = 0; i < NREG; i++)
 		verify_region(&m[i], i);
-	check_stats_complete(d, m, &f, ntouch > 0, sc == SC_DUP ? 1 : 0);
+	check_stats_complete(d, m, ntouch > 0, sc == SC_DUP ? 1 : 0, &st);
 	ck_assert_str_eq(pcopy_dest_error(d), "");
 	pcopy_dest_destroy(d);
 	fake_end(&f);
-	ck_assert_int_eq(f.hs_rc, 0);
-	ck_assert_int_eq(f.fail_line, 0);
-	ck_assert(f.got_done);
+	check_fake_vs_stats(&f, &st);
 	/* After completion the memory is plain memory again. */
 	for (i = 0; i < NREG; i++) {
 		addr_perms(m[i].p, perms);
@@ -969,14 +1054,17 @@ static void run_caller_uffd(enum mt t, bool registered)
 	struct toucher tt;
 	struct pcopy_dest_opts o;
 	struct pcopy_dest *d;
+	struct pcopy_stats st;
 	struct fake f;
 	unsigned i;
 	int fd, uffd;
 
 	if (huge_skip(t) || !alloc_regions(m, t, false))
 		return;
-	uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);	/* blocking: the library must cope */
+	uffd = raw_uffd();
 	ck_assert_int_ge(uffd, 0);
+	/* blocking: the library must cope */
+	ck_assert_int_eq(fcntl(uffd, F_SETFL, 0), 0);
 	if (registered) {
 		struct uffdio_api api = { .api = UFFD_API };
 
@@ -1010,15 +1098,152 @@ static void run_caller_uffd(enum mt t, bool registered)
 	ck_assert_uint_eq(atomic_load(&tt.bad), 0);
 	for (i = 0; i < NREG; i++)
 		verify_region(&m[i], i);
-	check_stats_complete(d, m, &f, true, 0);
+	check_stats_complete(d, m, true, 0, &st);
 	pcopy_dest_destroy(d);
 	fake_end(&f);
-	ck_assert_int_eq(f.fail_line, 0);
+	check_fake_vs_stats(&f, &st);
 	/* the library owned the uffd and closed it */
 	ck_assert_int_eq(fcntl(uffd, F_GETFD), -1);
 	for (i = 0; i < NREG; i++)
 		mem_free(&m[i]);
 }
+
+/*
+ * Firecracker style across processes: a child owns the memory, registers it
+ * on its own uffd and passes the uffd over a Unix socket; this process runs
+ * the destination on memory it cannot see, and the child's toucher verifies
+ * every byte.
+ */
+struct foreign_msg {
+	uintptr_t host[NREG];
+	size_t len[NREG];
+};
+
+static void foreign_child(enum mt t, int sock)
+{
+	struct foreign_msg fm;
+	struct mem m[NREG];
+	struct toucher tt;
+	struct uffdio_api api = { .api = UFFD_API };
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = { &fm, sizeof(fm) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+	struct cmsghdr *cm;
+	/* The parent shares our layout up to the fork and maps downwards from
+	 * the same place: put the regions at the bottom of a large reserved
+	 * hole so that its next mappings cannot land on them. */
+	const size_t hole = 64ull << 30;
+	uint8_t *res = mmap(NULL, hole, PROT_NONE,
+			    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	uintptr_t hint;
+	unsigned i;
+	int uffd;
+
+	if (res == MAP_FAILED)
+		_exit(2);
+	hint = ((uintptr_t)res + HUGE_PS - 1) & ~(uintptr_t)(HUGE_PS - 1);
+
+	for (i = 0; i < NREG; i++) {
+		m[i].ps = mt_ps(t);
+		m[i].len = mt_pages[t][i] * m[i].ps;
+		m[i].fd = -1;
+		if (t != MT_ANON) {
+			m[i].fd = memfd_create("fc", MFD_CLOEXEC | (t == MT_HUGE ? MFD_HUGETLB : 0));
+			if (m[i].fd < 0 || ftruncate(m[i].fd, (off_t)m[i].len))
+				_exit(3);
+		}
+		m[i].p = mmap((void *)hint, m[i].len, PROT_READ | PROT_WRITE,
+			      MAP_FIXED | (t == MT_ANON ? MAP_PRIVATE | MAP_ANONYMOUS : MAP_SHARED),
+			      m[i].fd, 0);
+		if (m[i].p == MAP_FAILED)
+			_exit(3);
+		hint += m[i].len + HUGE_PS;
+		fm.host[i] = (uintptr_t)m[i].p;
+		fm.len[i] = m[i].len;
+	}
+	uffd = raw_uffd();
+	api.features = t == MT_MEMFD ? UFFD_FEATURE_MISSING_SHMEM :
+		       t == MT_HUGE ? UFFD_FEATURE_MISSING_HUGETLBFS : 0;
+	if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api))
+		_exit(4);
+	for (i = 0; i < NREG; i++) {
+		struct uffdio_register reg = {
+			.range = { (uintptr_t)m[i].p, m[i].len },
+			.mode = UFFDIO_REGISTER_MODE_MISSING,
+		};
+
+		if (ioctl(uffd, UFFDIO_REGISTER, &reg))
+			_exit(5);
+	}
+	cm = CMSG_FIRSTHDR(&mh);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &uffd, sizeof(int));
+	if (sendmsg(sock, &mh, 0) != (ssize_t)sizeof(fm))
+		_exit(6);
+	close(uffd);	/* the handler owns it now, as in Firecracker */
+	tt = (struct toucher){ .m = m, .nreg = NREG, .order = 2 };
+	toucher_main(&tt);
+	if (atomic_load(&tt.bad) || atomic_load(&tt.touched) != (m[0].len + m[1].len) / TP)
+		_exit(7);
+	_exit(0);
+}
+
+START_TEST(test_caller_uffd_other_process)
+{
+	enum mt t = (enum mt)_i;
+	struct foreign_msg fm;
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = { &fm, sizeof(fm) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+	struct pcopy_dest_opts o;
+	struct pcopy_stats st;
+	struct pcopy_dest *d;
+	struct mem m[NREG];
+	struct fake f;
+	struct cmsghdr *cm;
+	int sv[2], fd, uffd = -1, status;
+	unsigned i;
+	pid_t pid;
+
+	if (huge_skip(t))
+		return;
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		close(sv[0]);
+		foreign_child(t, sv[1]);
+	}
+	close(sv[1]);
+	ck_assert_int_eq(recvmsg(sv[0], &mh, 0), (ssize_t)sizeof(fm));
+	close(sv[0]);
+	cm = CMSG_FIRSTHDR(&mh);
+	ck_assert_ptr_nonnull(cm);
+	memcpy(&uffd, CMSG_DATA(cm), sizeof(int));
+	for (i = 0; i < NREG; i++)
+		m[i] = (struct mem){ .p = (uint8_t *)fm.host[i], .len = fm.len[i],
+				     .ps = mt_ps(t), .fd = -1 };
+	opts_default(&o);
+	o.uffd = uffd;
+	o.flags = PCOPY_DEST_UFFD_REGISTERED;
+	d = dest_new(m, NREG, &o);
+	fd = fake_start(&f, m, NREG, SC_NORMAL);
+	f.wait_first_req = true;
+	fake_run(&f);
+	ck_assert_int_eq(pcopy_dest_start(d, fd), 0);
+	ck_assert_msg(pcopy_dest_wait(d, 20000) == 0, "%s", pcopy_dest_error(d));
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status 0x%x", status);
+	check_stats_complete(d, m, true, 0, &st);
+	pcopy_dest_destroy(d);
+	fake_end(&f);
+	check_fake_vs_stats(&f, &st);
+}
+END_TEST
 
 START_TEST(test_caller_uffd_registered)
 {
@@ -1054,7 +1279,8 @@ static const struct bad_case bad_cases[] = {
 	{ SC_END_MISSING, -EPROTO, "host pages never sent", false },
 	{ SC_UNKNOWN_TYPE, -EPROTO, "bad message header", false },
 	{ SC_UNEXPECTED_REQ, -EPROTO, "unexpected REQ", false },
-	{ SC_UNEXPECTED_HELLO, -EPROTO, "unexpected DONE", false },
+	{ SC_UNEXPECTED_DONE, -EPROTO, "unexpected DONE", false },
+	{ SC_UNEXPECTED_HELLO, -EPROTO, "unexpected HELLO", false },
 	{ SC_SRC_ERROR, -EIO, "source reported: disk on fire", false },
 	{ SC_EOF, -ECONNRESET, "connection closed by source", false },
 	{ SC_BAD_ZLIB, -EPROTO, "PAGE region 'ram0'", false },
@@ -1196,6 +1422,7 @@ static void block_child(enum mt t, int wfd)
 	sigaction(SIGSEGV, &sa, NULL);
 	pthread_create(&b.thr, NULL, blocked_main, &b);
 	fake_run(&f);
+	pthread_detach(f.thr);	/* this process ends in the SIGSEGV handler */
 	if (pcopy_dest_start(d, fd))
 		_exit(4);
 	rc = pcopy_dest_wait(d, 10000);
@@ -1381,14 +1608,13 @@ START_TEST(test_hugetlb_pool_empty)
 	int fd, rc;
 	unsigned i;
 
-	fp = fopen("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", "re");
-	if (!fp || fscanf(fp, "%ld", &freep) != 1) {
+	freep = hp_avail();
+	if (hp_read("free_hugepages") < 0) {
 		fprintf(stderr, "SKIP hugetlb pool test: no 2 MiB hugetlb sysfs\n");
-		if (fp)
-			fclose(fp);
 		return;
 	}
-	fclose(fp);
+	if (freep < 0)
+		freep = 0;
 	fp = fopen("/proc/sys/vm/nr_overcommit_hugepages", "re");
 	if (fp) {
 		if (fscanf(fp, "%ld", &over) != 1)
@@ -1436,7 +1662,37 @@ END_TEST
 /* tests: destroy at every stage, handshake                            */
 /* ------------------------------------------------------------------ */
 
-START_TEST(test_destroy_stages)
+START_TEST(test_destroy_before_start)
+{
+	enum mt t = (enum mt)_i;
+	struct mem m[NREG];
+	struct pcopy_dest_opts o;
+	struct pcopy_dest *d;
+	unsigned i;
+	char perms[8];
+
+	if (huge_skip(t) || !alloc_regions(m, t, false))
+		return;
+	opts_default(&o);
+	/* right after create: nothing received, all made inaccessible */
+	d = dest_new(m, NREG, &o);
+	ck_assert_int_eq(pcopy_dest_wait(d, 10), -ETIMEDOUT);
+	pcopy_dest_destroy(d);
+	for (i = 0; i < NREG; i++) {
+		addr_perms(m[i].p, perms);
+		ck_assert_msg(!strcmp(perms, "---p") || !strcmp(perms, "---s"), "%s", perms);
+		ck_assert_int_eq(mprotect(m[i].p, m[i].len, PROT_READ | PROT_WRITE), 0);
+	}
+	ck_assert_int_eq(atomic_load(&g_events), 0);
+	/* the memory can be registered again by a new destination */
+	d = dest_new(m, NREG, &o);
+	pcopy_dest_destroy(d);
+	for (i = 0; i < NREG; i++)
+		mem_free(&m[i]);
+}
+END_TEST
+
+START_TEST(test_destroy_mid_restore)
 {
 	enum mt t = (enum mt)_i;
 	struct mem m[NREG];
@@ -1451,19 +1707,7 @@ START_TEST(test_destroy_stages)
 	if (huge_skip(t) || !alloc_regions(m, t, false))
 		return;
 	opts_default(&o);
-
-	/* 1: right after create: nothing received, all made inaccessible */
-	d = dest_new(m, NREG, &o);
-	ck_assert_int_eq(pcopy_dest_wait(d, 10), -ETIMEDOUT);
-	pcopy_dest_destroy(d);
-	for (i = 0; i < NREG; i++) {
-		addr_perms(m[i].p, perms);
-		ck_assert_msg(!strcmp(perms, "---p") || !strcmp(perms, "---s"), "%s", perms);
-		ck_assert_int_eq(mprotect(m[i].p, m[i].len, PROT_READ | PROT_WRITE), 0);
-	}
-	ck_assert_int_eq(atomic_load(&g_events), 0);
-
-	/* 2: mid-restore, the source stalls after 2 host pages */
+	/* the source stalls after 2 host pages */
 	d = dest_new(m, NREG, &o);
 	fd = fake_start(&f, m, NREG, SC_STALL);
 	f.before = 2;
@@ -1496,28 +1740,39 @@ START_TEST(test_destroy_stages)
 	ck_assert_msg(perms[0] == '-' && perms[1] == '-', "%s", perms);
 	addr_perms(m[1].p, perms);
 	ck_assert_msg(perms[0] == '-' && perms[1] == '-', "%s", perms);
-
-	/* 3: after a handshake failure */
-	for (i = 0; i < NREG; i++) {
+	for (i = 0; i < NREG; i++)
 		mem_free(&m[i]);
-	}
-	ck_assert(alloc_regions(m, t, false));
+}
+END_TEST
+
+/* Region tables differ: start fails with -EPROTO naming the region, no
+ * thread is started, destroy is clean. */
+START_TEST(test_handshake_mismatch)
+{
+	enum mt t = (enum mt)_i;
+	struct mem m[NREG];
+	struct pcopy_dest_opts o;
+	struct pcopy_dest *d;
+	struct fake f;
+	unsigned i;
+	int fd, sv[2];
+
+	if (huge_skip(t) || !alloc_regions(m, t, false))
+		return;
+	opts_default(&o);
 	d = dest_new(m, NREG, &o);
 	fd = fake_start(&f, m, NREG, SC_NORMAL);
 	f.len0_override = m[0].len * 2;
 	fake_run(&f);
 	ck_assert_int_eq(pcopy_dest_start(d, fd), -EPROTO);
-	ck_assert_msg(strstr(pcopy_dest_error(d), "ram0"), "%s", pcopy_dest_error(d));
+	ck_assert_msg(strstr(pcopy_dest_error(d), "ram0") &&
+		      strstr(pcopy_dest_error(d), "length"), "%s", pcopy_dest_error(d));
 	ck_assert_int_eq(pcopy_dest_wait(d, 0), -EPROTO);
 	/* a second start is refused, and the fd is taken anyway */
-	{
-		int sv[2];
-
-		ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-		ck_assert_int_eq(pcopy_dest_start(d, sv[0]), -EALREADY);
-		ck_assert_int_eq(fcntl(sv[0], F_GETFD), -1);
-		close(sv[1]);
-	}
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	ck_assert_int_eq(pcopy_dest_start(d, sv[0]), -EALREADY);
+	ck_assert_int_eq(fcntl(sv[0], F_GETFD), -1);
+	close(sv[1]);
 	pcopy_dest_destroy(d);
 	fake_end(&f);
 	ck_assert_int_ne(f.hs_rc, 0);
@@ -1572,68 +1827,74 @@ static Suite *make_dest_suite(void)
 {
 	Suite *s = suite_create("dest");
 	TCase *tc;
+	/*
+	 * Under valgrind 3.19 every test that starts the runtime hangs: its
+	 * io_uring_enter wrapper is not marked as blocking, so the receiver
+	 * waiting in io_uring_submit_and_wait keeps valgrind's big lock and
+	 * no other thread runs again (liburing issue #657). Threads blocked
+	 * in a userfaultfd page fault hold that lock too. Only the tests that
+	 * never start the library threads run under valgrind.
+	 */
 	bool vg = RUNNING_ON_VALGRIND;
+
+	if (vg)
+		fprintf(stderr, "valgrind: running only the tests that start no library thread "
+			"(valgrind 3.19 holds its big lock across a blocking io_uring_enter)\n");
 
 	tc = tcase_create("create");
 	tcase_add_checked_fixture(tc, reset_events, NULL);
-	tcase_set_timeout(tc, 30);
+	tcase_set_timeout(tc, vg ? 300 : 30);
 	tcase_add_test(tc, test_create_invalid);
 	tcase_add_test(tc, test_create_wrong_page_size);
+	tcase_add_loop_test(tc, test_destroy_before_start, 0, MT_N);
+	tcase_add_loop_test(tc, test_handshake_mismatch, 0, MT_N);
+	tcase_add_test(tc, test_handshake_garbage);
 	suite_add_tcase(s, tc);
+	if (vg)
+		return s;
 
 	tc = tcase_create("restore");
 	tcase_add_checked_fixture(tc, reset_events, NULL);
-	tcase_set_timeout(tc, vg ? 600 : 60);
-	if (!vg) {
-		tcase_add_loop_test(tc, test_restore_touchers, 0, MT_N);
-		tcase_add_loop_test(tc, test_restore_touchers_nozlib, 0, MT_N);
-		tcase_add_loop_test(tc, test_caller_uffd_registered, 0, MT_N);
-		tcase_add_loop_test(tc, test_caller_uffd_plain, 0, MT_N);
-	} else {
-		fprintf(stderr, "valgrind: skipping tests whose threads touch userfaultfd-registered memory (valgrind's big lock deadlocks with a thread blocked in a page fault)\n");
-	}
+	tcase_set_timeout(tc, 60);
+	tcase_add_loop_test(tc, test_restore_touchers, 0, MT_N);
+	tcase_add_loop_test(tc, test_restore_touchers_nozlib, 0, MT_N);
+	tcase_add_loop_test(tc, test_caller_uffd_registered, 0, MT_N);
+	tcase_add_loop_test(tc, test_caller_uffd_plain, 0, MT_N);
+	tcase_add_loop_test(tc, test_caller_uffd_other_process, 0, MT_N);
 	tcase_add_loop_test(tc, test_restore_no_toucher, 0, MT_N);
 	tcase_add_loop_test(tc, test_restore_duplicate, 0, MT_N);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("bad_input");
 	tcase_add_checked_fixture(tc, reset_events, NULL);
-	tcase_set_timeout(tc, vg ? 600 : 30);
+	tcase_set_timeout(tc, 30);
 	tcase_add_loop_test(tc, test_bad_input, 0, (int)(MT_N * NBAD));
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("failure");
 	tcase_add_checked_fixture(tc, reset_events, NULL);
-	tcase_set_timeout(tc, vg ? 600 : 30);
-	if (!vg) {
-		tcase_add_loop_test(tc, test_block_then_destroy, 0, MT_N);
-		tcase_add_loop_test(tc, test_sigbus_mode, 0, MT_N);
-	}
+	tcase_set_timeout(tc, 30);
+	tcase_add_loop_test(tc, test_block_then_destroy, 0, MT_N);
+	tcase_add_loop_test(tc, test_sigbus_mode, 0, MT_N);
 	tcase_add_test(tc, test_hugetlb_pool_empty);
-	tcase_add_loop_test(tc, test_destroy_stages, 0, MT_N);
-	tcase_add_test(tc, test_handshake_garbage);
+	tcase_add_loop_test(tc, test_destroy_mid_restore, 0, MT_N);
 	suite_add_tcase(s, tc);
 	return s;
 }
 
 /* Make sure some 2 MiB huge pages are free for the hugetlb cases: raise
- * nr_hugepages when root (restored at exit), else skip those cases. */
-static long huge_setup(long *old)
+ * nr_hugepages when root (undone at exit), else skip those cases. */
+static long huge_setup(void)
 {
 	const long want = 16;
-	long freep = -1, nr = -1;
+	long avail = hp_avail(), nr = -1;
 	FILE *f;
 
-	*old = -1;
-	f = fopen("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", "re");
-	if (!f || fscanf(f, "%ld", &freep) != 1) {
+	if (hp_read("free_hugepages") < 0) {
 		g_huge_why = "no 2 MiB hugetlb support";
-		if (f)
-			fclose(f);
 		return 0;
 	}
-	fclose(f);
-	if (freep >= want) {
+	if (avail >= want) {
 		g_huge_ok = true;
 		return 0;
 	}
@@ -1645,39 +1906,41 @@ static long huge_setup(long *old)
 		return 0;
 	}
 	rewind(f);
-	fprintf(f, "%ld\n", nr + want - freep);
+	fprintf(f, "%ld\n", nr + want - avail);
 	if (fclose(f) != 0) {
 		g_huge_why = "cannot raise /proc/sys/vm/nr_hugepages";
 		return 0;
 	}
-	*old = nr;
-	f = fopen("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", "re");
-	if (f && fscanf(f, "%ld", &freep) == 1 && freep >= want)
+	if (hp_avail() >= want)
 		g_huge_ok = true;
 	else
 		g_huge_why = "the kernel could not allocate 16 huge pages";
-	if (f)
-		fclose(f);
-	return 0;
+	return want - avail;
 }
 
-static void huge_restore(long old)
+/* Give back what huge_setup added (relative: other programs may have
+ * changed the pool meanwhile). */
+static void huge_restore(long added)
 {
+	long nr = -1;
 	FILE *f;
 
-	if (old < 0)
+	if (added <= 0)
 		return;
-	f = fopen("/proc/sys/vm/nr_hugepages", "we");
-	if (f) {
-		fprintf(f, "%ld\n", old);
-		fclose(f);
+	f = fopen("/proc/sys/vm/nr_hugepages", "r+e");
+	if (!f)
+		return;
+	if (fscanf(f, "%ld", &nr) == 1) {
+		rewind(f);
+		fprintf(f, "%ld\n", nr > added ? nr - added : 0);
 	}
+	fclose(f);
 }
 
 int main(void)
 {
 	SRunner *sr;
-	long old;
+	long added;
 	int failed, probe;
 
 	probe = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
@@ -1688,13 +1951,13 @@ int main(void)
 		return 77;
 	}
 	close(probe);
-	huge_setup(&old);
+	added = huge_setup();
 	if (!g_huge_ok)
 		fprintf(stderr, "hugetlb cases will be skipped: %s\n", g_huge_why);
 	sr = srunner_create(make_dest_suite());
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
-	huge_restore(old);
+	huge_restore(added);
 	return failed ? 1 : 0;
 }

@@ -136,7 +136,12 @@ static bool run_restore(struct run *run, const char *name)
 	rc = pcopy_dest_create(&d, regions, run->cfg.nregions, &o);
 	ck_assert_msg(rc == 0, "dest_create: %s", pcopy_strerror(rc));
 
-	/* Touchers start before the connection exists: their faults wait. */
+	/* Fork the source while this process is still single-threaded: a child
+	 * forked while a toucher holds an allocator lock would inherit it locked. */
+	rc = tl_source_spawn(&run->cfg, &sp);
+	ck_assert_msg(rc == 0, "spawn source: %s", strerror(-rc));
+
+	/* Touchers start before the restore does: their faults wait. */
 	memset(ts, 0, sizeof(ts));
 	for (unsigned i = 0; i < run->touchers; i++) {
 		ts[i].index = i;
@@ -146,8 +151,6 @@ static bool run_restore(struct run *run, const char *name)
 		ck_assert(pthread_create(&ts[i].tid, NULL, toucher_main, &ts[i]) == 0);
 	}
 
-	rc = tl_source_spawn(&run->cfg, &sp);
-	ck_assert_msg(rc == 0, "spawn source: %s", strerror(-rc));
 	rc = pcopy_dest_start(d, sp.fd);
 	ck_assert_msg(rc == 0, "dest_start: %s: %s", pcopy_strerror(rc),
 		      pcopy_dest_error(d));

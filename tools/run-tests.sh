@@ -63,7 +63,7 @@ run_build build-asan --enable-sanitizers
 if command -v valgrind >/dev/null; then
 	echo "== valgrind"
 	vdir="$top/build"
-	for t in check_wire check_source check_dest check_e2e; do
+	for t in check_wire check_source check_dest check_proxy check_auth check_fuzz; do
 		[ -x "$vdir/test/$t" ] || continue
 		log="$vdir/test/valgrind-$t.log"
 		( cd "$vdir" && PCOPY_TEST_MB=4 CK_DEFAULT_TIMEOUT=600 \

@@ -550,8 +550,12 @@ void pcopy_dest_destroy(struct pcopy_dest *d)
 		pthread_join(d->recv_thr, NULL);
 	dest_recv_fini(d);
 	if (d->uffd >= 0) {
-		if (dest_missing(d) != 0)
+		if (dest_missing(d) != 0 && !d->foreign)
 			protect_unreceived(d);
+		else if (dest_missing(d) != 0)
+			pcopy_log(&d->log, PCOPY_LOG_WARN,
+				  "destroyed with %" PRIu64 " host pages missing in another process's memory: it must keep its own userfaultfd open (or unmap them), or they will read as zeros",
+				  dest_missing(d));
 		close(d->uffd);
 	}
 	if (d->fd >= 0)

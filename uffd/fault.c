@@ -39,7 +39,7 @@ static void wake_unreceived(struct pcopy_dest *d)
 		while ((s = dbm_find(&r->received, s, false)) < r->npages) {
 			e = dbm_find(&r->received, s, true);
 			place_wake(d, (uintptr_t)r->host + (s << r->shift),
-				   (e - s) << r->shift);
+				   (e - s) << r->shift, false);
 			s = e;
 		}
 	}
@@ -50,6 +50,15 @@ static void sigbus_thread(struct pcopy_dest *d, struct fault_batch *b,
 {
 	pid_t tid = (pid_t)m->arg.pagefault.feat.ptid;
 
+	if (d->foreign) {
+		/* The thread id is another process's: tgkill cannot reach it
+		 * (and must not hit one of ours). */
+		if (!b->warned_ptid)
+			pcopy_log(&d->log, PCOPY_LOG_ERROR,
+				  "PCOPY_FAIL_SIGBUS: the faulting threads belong to another process: they stay blocked");
+		b->warned_ptid = true;
+		return;
+	}
 	if (!tid) {
 		/* The caller's uffd was set up without THREAD_ID. */
 		if (!b->warned_ptid)
@@ -83,7 +92,7 @@ static void handle_fault(struct pcopy_dest *d, struct fault_batch *b,
 	if (dbm_test(&r->received, hp)) {
 		/* Placed between the fault and our read(): the COPY's own
 		 * wake-up may have come before this thread slept. */
-		place_wake(d, base, r->page_size);
+		place_wake(d, base, r->page_size, true);
 		return;
 	}
 	if (atomic_load_explicit(&d->failed, memory_order_acquire)) {

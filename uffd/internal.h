@@ -91,7 +91,6 @@ struct dest_asm {
 	uint32_t next_tp;	/* next target page expected */
 	uint32_t ntp;		/* target pages per host page */
 	bool all_zero;		/* every frame so far was ZERO */
-	bool dup;		/* already received: decode, don't place */
 };
 
 struct pcopy_dest {
@@ -113,6 +112,9 @@ struct pcopy_dest {
 	_Atomic uint64_t *fault_ns;
 	size_t fault_ns_bytes;
 	uint64_t uffd_features;	/* enabled by UFFDIO_API; 0 if the caller did it */
+	bool foreign;		/* the regions live in another process (the
+				   caller's uffd came from it): no mprotect,
+				   no tgkill possible from here */
 
 	int uffd;
 	int fd;			/* the connection, -1 before start */
@@ -180,7 +182,7 @@ void dest_uffd_unregister(struct pcopy_dest *d);
 int place_host_page(struct pcopy_dest *d, struct dest_region *r, uint64_t hp,
 		    const void *src);
 /* UFFDIO_WAKE [addr, addr+len). Returns 0 or -errno (logged). Any thread. */
-int place_wake(struct pcopy_dest *d, uint64_t addr, uint64_t len);
+int place_wake(struct pcopy_dest *d, uint64_t addr, uint64_t len, bool present);
 
 /* ---- fault.c / receiver.c ---- */
 

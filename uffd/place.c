@@ -15,8 +15,10 @@
 
 #define PLACE_MAX_RETRIES 1000	/* EAGAIN without progress, ~10 us apart */
 
-/* UFFDIO_WAKE [addr, addr+len). Returns 0 or -errno (logged). Any thread. */
-int place_wake(struct pcopy_dest *d, uint64_t addr, uint64_t len)
+/* UFFDIO_WAKE [addr, addr+len); counted in stats.wakes if `present` (the
+ * statistic is about pages found present). Returns 0 or -errno (logged).
+ * Any thread. */
+int place_wake(struct pcopy_dest *d, uint64_t addr, uint64_t len, bool present)
 {
 	struct uffdio_range rg = { .start = addr, .len = len };
 
@@ -27,7 +29,8 @@ int place_wake(struct pcopy_dest *d, uint64_t addr, uint64_t len)
 			  addr, len, strerror(e));
 		return -e;
 	}
-	DEST_STAT_ADD(d, wakes, 1);
+	if (present)
+		DEST_STAT_ADD(d, wakes, 1);
 	return 0;
 }
 
@@ -154,7 +157,7 @@ int place_host_page(struct pcopy_dest *d, struct dest_region *r, uint64_t hp,
 			/* Present already (placed by someone else sharing
 			 * the memory): fine, but wake whoever waits on it. */
 			DEST_STAT_ADD(d, duplicates, 1);
-			place_wake(d, dst, len);
+			place_wake(d, dst, len, true);
 			page_done(d, r, hp);
 			return 1;
 		case ENOMEM:

@@ -38,7 +38,9 @@ const char *dest_mem_name(enum dest_mem m)
  * with inode 0 is anonymous private; anything else (memfd, MAP_SHARED
  * anonymous = /dev/zero, tmpfs files) is treated as shmem and the kernel
  * rejects the registration if it is some other file. The same pass checks
- * that every byte of each region is mapped. Returns 0, -EINVAL, or 1 if
+ * that every byte of each region is mapped, except for a caller-registered
+ * uffd whose regions are not mapped here at all: that memory belongs to
+ * another process (d->foreign). Returns 0, -EINVAL, or 1 if
  * /proc is unavailable (types then stay "anon" and we ask for MISSING_SHMEM
  * anyway when the kernel offers it).
  */
@@ -93,6 +95,22 @@ static int detect_mem(struct pcopy_dest *d)
 			}
 		}
 	}
+	for (i = 0; i < d->nreg && (d->flags & PCOPY_DEST_UFFD_REGISTERED); i++) {
+		struct dest_region *r = &d->reg[i];
+
+		if (covered[i] < (uintptr_t)r->host + r->length) {
+			/* Firecracker style: the uffd came from the process that
+			 * owns the memory; its addresses mean nothing here. */
+			pcopy_log(&d->log, PCOPY_LOG_INFO,
+				  "region '%s' is not mapped in this process: the memory belongs to the process that registered the userfaultfd",
+				  r->name);
+			d->foreign = true;
+			for (i = 0; i < d->nreg; i++)
+				d->reg[i].mem = d->reg[i].page_size > 4096
+							? DEST_MEM_HUGETLB : DEST_MEM_ANON;
+			goto out;
+		}
+	}
 	for (i = 0; i < d->nreg; i++) {
 		struct dest_region *r = &d->reg[i];
 
@@ -105,6 +123,7 @@ static int detect_mem(struct pcopy_dest *d)
 		pcopy_log(&d->log, PCOPY_LOG_DEBUG, "region '%s': %s, %zu-byte host pages",
 			  r->name, dest_mem_name(r->mem), r->page_size);
 	}
+out:
 	free(line);
 	fclose(f);
 	return 0;
@@ -272,6 +291,9 @@ static int do_api(struct pcopy_dest *d, bool proc_ok)
 		return -EOPNOTSUPP;
 	}
 	d->uffd_features = want;
+	pcopy_log(&d->log, PCOPY_LOG_DEBUG,
+		  "userfaultfd: features 0x%" PRIx64 " enabled, 0x%" PRIx64 " offered",
+		  want, offered);
 	return 0;
 }
 
@@ -394,8 +416,10 @@ void dest_uffd_unregister(struct pcopy_dest *d)
 		struct uffdio_range rg = { (uintptr_t)d->reg[i].host,
 					   d->reg[i].length };
 
+		/* Foreign memory: its owner may already have exited or
+		 * unmapped it, which is fine once everything is in. */
 		if (ioctl(d->uffd, UFFDIO_UNREGISTER, &rg) < 0)
-			pcopy_log(&d->log, PCOPY_LOG_WARN,
+			pcopy_log(&d->log, d->foreign ? PCOPY_LOG_DEBUG : PCOPY_LOG_WARN,
 				  "UFFDIO_UNREGISTER region '%s': %s",
 				  d->reg[i].name, strerror(errno));
 	}
