@@ -117,6 +117,9 @@ struct pcopy_stats {
 	uint64_t lat_p999_ns;
 	uint64_t lat_max_ns;
 	uint64_t elapsed_ns;		/* start() -> complete (or now if not complete) */
+	uint64_t breaks;		/* connections lost and resumed */
+	uint64_t resent_pages;		/* host pages sent again after a resume */
+	uint64_t urgent_pages;		/* host pages sent/received on the urgent connection */
 };
 
 /* ------------------------------------------------------------------ */
@@ -136,6 +139,20 @@ enum pcopy_fail_mode {
 					       and every region registered
 					       MISSING (Firecracker style) */
 #define PCOPY_DEST_NO_ZLIB         (1u << 1) /* refuse compressed pages */
+#define PCOPY_DEST_NO_RESUME       (1u << 2) /* a broken connection fails the
+					       restore at once instead of pausing */
+#define PCOPY_DEST_HANDLE_REMOVE   (1u << 3) /* the uffd reports UFFD_EVENT_REMOVE
+					       (MADV_DONTNEED, balloons): removed
+					       ranges read back as zeros and are
+					       never fetched again */
+
+/*
+ * Connect callback for automatic reconnection after a break: return a newly
+ * connected stream socket to the source (ownership passes to the library) or
+ * -errno. Called on the library's reconnect thread, with exponential backoff
+ * (10 ms .. 1 s) until resume_deadline_ms passes.
+ */
+typedef int (*pcopy_connect_fn)(void *opaque, int urgent);
 
 /*
  * Event callback: called once, from a library-owned thread (the receiver or
@@ -155,6 +172,19 @@ struct pcopy_dest_opts {
 	void *log_opaque;
 	pcopy_dest_event_fn on_event;
 	void *event_opaque;
+	/* --- recovery (0 / NULL: defaults) --- */
+	int resume_deadline_ms;		/* after a break, how long to wait for a new
+					   connection (pcopy_dest_resume or the connect
+					   callback) before failing; 0: 60000; < 0: forever */
+	int keepalive_ms;		/* silence longer than this on a connection is a
+					   break; PINGs are sent at a third of it; 0: 10000 */
+	pcopy_connect_fn connect;	/* optional: reconnect by itself after a break */
+	void *connect_opaque;
+	/* --- security --- */
+	const void *psk;		/* pre-shared key: both sides must prove it
+					   (HMAC-SHA256 challenge-response) before any
+					   page moves; NULL: no authentication */
+	size_t psk_len;
 };
 
 /* Fill `o` with defaults (uffd = -1, everything else off). */
@@ -179,6 +209,28 @@ PCOPY_API int pcopy_dest_create(struct pcopy_dest **d,
  * message when the region tables differ). Caller's thread.
  */
 PCOPY_API int pcopy_dest_start(struct pcopy_dest *d, int fd);
+
+/*
+ * Add the optional urgent connection (a second connected socket to the same
+ * source, after pcopy_dest_start): page requests and the pages that answer
+ * them travel on it, so they never queue behind background data. Handshake
+ * is blocking. Takes ownership of `fd`. Returns 0 or -errno (-EOPNOTSUPP if
+ * the source does not offer it). Caller's thread.
+ */
+PCOPY_API int pcopy_dest_add_urgent(struct pcopy_dest *d, int fd);
+
+/*
+ * Hand in a new connection after a break (the restore is paused: faulting
+ * threads stay blocked, requests keep being recorded). Performs the resume
+ * handshake, sends the received bitmap and re-sends every pending request;
+ * the source resends everything not received. Takes ownership of `fd`.
+ * Returns 0, -EALREADY if the session is not paused, or -errno. May be
+ * called any number of times in one restore. Caller's thread.
+ */
+PCOPY_API int pcopy_dest_resume(struct pcopy_dest *d, int fd);
+
+/* True (1) while the restore is paused waiting for a new connection. */
+PCOPY_API int pcopy_dest_paused(struct pcopy_dest *d);
 
 /*
  * Wait until the restore completes or fails. timeout_ms < 0 waits forever.
@@ -228,7 +280,13 @@ struct pcopy_source_region {
 };
 
 /* pcopy_source_opts.flags */
-#define PCOPY_SOURCE_ZLIB (1u << 0)	/* offer zlib compression */
+#define PCOPY_SOURCE_ZLIB          (1u << 0) /* offer zlib compression */
+#define PCOPY_SOURCE_NO_BACKGROUND (1u << 1) /* serve requested pages only
+						(for measurements: the restore
+						completes only if every page is
+						requested) */
+#define PCOPY_SOURCE_NO_URGENT     (1u << 2) /* do not offer the urgent connection */
+#define PCOPY_SOURCE_NO_RESUME     (1u << 3) /* a break ends the session at once */
 
 struct pcopy_source_opts {
 	size_t size;			/* sizeof(struct pcopy_source_opts) */
@@ -238,6 +296,12 @@ struct pcopy_source_opts {
 	size_t batch_bytes;		/* background bytes between request checks; 0: 64 KiB */
 	pcopy_log_fn log;
 	void *log_opaque;
+	int resume_deadline_ms;		/* after a break, how long to wait for the
+					   destination to come back; 0: 60000; < 0: forever */
+	int keepalive_ms;		/* as in pcopy_dest_opts; 0: 10000 */
+	const void *psk;		/* pre-shared key, or NULL (see pcopy_dest_opts) */
+	size_t psk_len;
+	uint64_t max_rate_bps;		/* cap on bytes per second sent; 0: none */
 };
 
 PCOPY_API void pcopy_source_opts_init(struct pcopy_source_opts *o);
@@ -252,6 +316,18 @@ PCOPY_API int pcopy_source_create(struct pcopy_source **s,
  * sender and the request reader. Takes ownership of `fd`. Caller's thread.
  */
 PCOPY_API int pcopy_source_start(struct pcopy_source *s, int fd);
+
+/*
+ * Hand the source another connection from the same destination: its urgent
+ * connection, or, after a break, the resumed one (the destination's HELLO says
+ * which; its session id must match). Blocking handshake; takes ownership of
+ * `fd`. Returns 0 or -errno. Caller's thread, any time after start.
+ */
+PCOPY_API int pcopy_source_add_conn(struct pcopy_source *s, int fd);
+
+/* True (1) while the source is paused waiting for the destination to
+ * reconnect. */
+PCOPY_API int pcopy_source_paused(struct pcopy_source *s);
 
 /*
  * Wait until the destination reports the restore complete (0), an error ends

@@ -96,4 +96,25 @@ int conn_handshake(int fd, const struct wire_hello *ours,
 		   struct wire_hello *peer, uint32_t *features_out,
 		   int timeout_ms, char *err, size_t errlen);
 
+/*
+ * Handshake parameters beyond the HELLO (issue 4). For the DESTINATION,
+ * ours->conn_kind and ours->session_id say what this connection is; for the
+ * SOURCE, `expect_session` (0 = none yet) is checked against a URGENT/RESUME
+ * HELLO and the source adopts the destination's conn_kind (returned in
+ * peer->conn_kind). With psk != NULL both sides run the AUTH exchange after
+ * the HELLOs (nonces, then proofs bound to role, both nonces and session_id);
+ * a peer without PCOPY_FEAT_AUTH, or a wrong proof, is refused with an ERROR
+ * ("authentication failed") and -EACCES before any page moves.
+ */
+struct conn_hs_params {
+	const void *psk;
+	size_t psk_len;
+	uint64_t expect_session;	/* source: session a URGENT/RESUME must join */
+	int timeout_ms;
+};
+
+int conn_handshake2(int fd, const struct wire_hello *ours,
+		    struct wire_hello *peer, uint32_t *features_out,
+		    const struct conn_hs_params *p, char *err, size_t errlen);
+
 #endif

@@ -42,11 +42,27 @@ enum pcopy_msg_type {
 	PCOPY_MSG_REQ         = 4, /* dst -> src: count entries of wire_req */
 	PCOPY_MSG_DONE        = 5, /* dst -> src: every page received; bye */
 	PCOPY_MSG_ERROR       = 6, /* both ways: u32 errno, then UTF-8 text */
-	/* reserved for later issues; decoders reject them until implemented */
-	PCOPY_MSG_RECV_BITMAP = 7, /* dst -> src on resume: received bitmap */
-	PCOPY_MSG_PING        = 8, /* keepalive */
-	PCOPY_MSG_TYPE_MAX    = 8,
+	PCOPY_MSG_RECV_BITMAP = 7, /* dst -> src on a RESUME connection: see below */
+	PCOPY_MSG_PING        = 8, /* both ways, no payload: keepalive */
+	PCOPY_MSG_AUTH        = 9, /* both ways after HELLO when PCOPY_FEAT_AUTH:
+				      kind PCOPY_AUTH_NONCE then PCOPY_AUTH_PROOF,
+				      32-byte payload each */
+	PCOPY_MSG_TYPE_MAX    = 9,
 };
+
+enum pcopy_auth_kind { PCOPY_AUTH_NONCE = 1, PCOPY_AUTH_PROOF = 2 };
+
+/*
+ * RECV_BITMAP: region = region index, offset = index of the first HOST page
+ * covered, count = host pages covered (>= 1), payload = ceil(count / 8)
+ * bytes, bit i (LSB first within each byte) set = host page offset + i was
+ * received. Unused high bits of the last byte must be 0. After a RESUME
+ * handshake the destination sends, for every region in order, messages that
+ * cover it completely, in increasing offset with no gap or overlap; the source
+ * knows the bitmap is complete when the last host page of the last region is
+ * covered. The destination then re-sends every pending request as REQ.
+ */
+#define PCOPY_BITMAP_MAX_BITS	(PCOPY_WIRE_PAYLOAD_MAX / 4096u * 4096u * 8u)
 
 enum pcopy_page_kind {
 	PCOPY_KIND_ZERO = 1,	/* no payload; count pages of zeros */
@@ -57,18 +73,29 @@ enum pcopy_page_kind {
 
 /* Feature bits in wire_hello.features (negotiated: the intersection). */
 #define PCOPY_FEAT_ZLIB		(1u << 0)
-#define PCOPY_FEAT_URGENT	(1u << 1)	/* reserved: second urgent connection */
-#define PCOPY_FEAT_RESUME	(1u << 2)	/* reserved: resume after a break */
-#define PCOPY_FEAT_AUTH		(1u << 3)	/* reserved: PSK challenge-response */
-#define PCOPY_FEAT_KNOWN	(PCOPY_FEAT_ZLIB)
+#define PCOPY_FEAT_URGENT	(1u << 1)	/* second, urgent connection */
+#define PCOPY_FEAT_RESUME	(1u << 2)	/* resume after a break */
+#define PCOPY_FEAT_AUTH		(1u << 3)	/* PSK challenge-response; a side that has
+						   a key refuses a peer without this bit */
+#define PCOPY_FEAT_KNOWN	(PCOPY_FEAT_ZLIB | PCOPY_FEAT_URGENT | \
+				 PCOPY_FEAT_RESUME | PCOPY_FEAT_AUTH)
 
 enum pcopy_role { PCOPY_ROLE_SOURCE = 0, PCOPY_ROLE_DEST = 1 };
 
-/* Which connection of a session a HELLO opens. Only MAIN exists today. */
+/*
+ * Which connection of a session a HELLO opens; the DESTINATION's HELLO decides
+ * (the source echoes it). MAIN starts a session (dest session_id 0; the
+ * source's HELLO carries the new random session_id). URGENT and RESUME carry
+ * the session_id of the session they join and are refused with an ERROR if it
+ * does not match. On URGENT the destination sends REQ and the source answers
+ * with PAGE frames of the requested host pages only. On RESUME the
+ * destination sends RECV_BITMAP, then REQs; the source resends every host
+ * page not marked received, requested ones first, then END.
+ */
 enum pcopy_conn_kind {
 	PCOPY_CONN_MAIN   = 0,
-	PCOPY_CONN_URGENT = 1,	/* reserved */
-	PCOPY_CONN_RESUME = 2,	/* reserved */
+	PCOPY_CONN_URGENT = 1,
+	PCOPY_CONN_RESUME = 2,
 };
 
 struct wire_hdr {
@@ -194,6 +221,31 @@ size_t wire_error_encode(int errnum, const char *text, uint8_t *buf, size_t cap)
 /* Decode an ERROR payload; text is NUL-terminated, non-printables replaced. */
 int wire_error_decode(const uint8_t *buf, size_t len, int *errnum,
 		      char *text, size_t textlen);
+
+/* ---- RECV_BITMAP ---- */
+
+/*
+ * Check a RECV_BITMAP header + payload against the region table and the
+ * expected next position (*next_region, *next_page: where the previous message
+ * ended; start at 0/0). On success copies the bits into `bits` (the region's
+ * received bitmap as u64 words, bit n = host page n), advances the position,
+ * and returns 1 when the whole table has been covered, else 0. -EPROTO with a
+ * message on any violation (gap, overlap, wrong region order, count past the
+ * region, wrong payload length, stray high bits).
+ */
+int wire_bitmap_apply(const struct wire_hdr *h, const uint8_t *payload,
+		      const struct wire_region *tab, unsigned n,
+		      uint32_t *next_region, uint64_t *next_page,
+		      uint64_t *const *bits, char *err, size_t errlen);
+
+/*
+ * Encode up to max_bits host pages of `bits` starting at host page `first` of
+ * region `region` (nbits = host pages in the region) into h + payload (cap
+ * bytes). Returns payload length (count in h->count) or -ENOSPC.
+ */
+int wire_bitmap_encode(uint32_t region, const uint64_t *bits, uint64_t nbits,
+		       uint64_t first, struct wire_hdr *h, uint8_t *payload,
+		       size_t cap);
 
 /* ---- page codecs (stream/codec.c) ---- */
 
