@@ -126,7 +126,16 @@ static bool run_restore(struct run *run, const char *name)
 		}
 	}
 	for (unsigned r = 0; r < run->cfg.nregions; r++) {
-		rc = tl_map(run->mem, run->cfg.lengths[r], &maps[r]);
+		/* The hugetlb pool is machine-wide: another test program may have
+		 * taken the pages we saw free. Top it up again and retry. */
+		for (int attempt = 0;; attempt++) {
+			rc = tl_map(run->mem, run->cfg.lengths[r], &maps[r]);
+			if (rc != -ENOMEM || run->mem != TL_MEM_HUGETLB || attempt == 20)
+				break;
+			if (tl_hugetlb_reserve(run->cfg.lengths[r] / TL_HUGE, why, sizeof(why)) > 0)
+				reserved = 1;
+			usleep(100000);
+		}
 		ck_assert_msg(rc == 0, "map %s: %s", tl_mem_name(run->mem), strerror(-rc));
 	}
 	tl_regions(&run->cfg, maps, regions);
