@@ -192,19 +192,24 @@ static int write_long(const char *path, long v)
 	return rc;
 }
 
+/* Huge pages nobody has claimed: free minus those reserved by existing
+ * mappings that have not faulted them in yet. */
 static long huge_free(void)
 {
 	FILE *f = fopen("/proc/meminfo", "r");
 	char line[128];
-	long v = -1;
+	long v = -1, rsvd = 0, x;
 
 	if (!f)
 		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "HugePages_Free: %ld", &v) == 1)
-			break;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "HugePages_Free: %ld", &x) == 1)
+			v = x;
+		else if (sscanf(line, "HugePages_Rsvd: %ld", &x) == 1)
+			rsvd = x;
+	}
 	fclose(f);
-	return v;
+	return v < 0 ? -1 : v - rsvd;
 }
 
 int tl_hugetlb_reserve(unsigned long pages, char *why, size_t whylen)
