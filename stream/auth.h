@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Pre-shared-key challenge-response (private): HMAC-SHA256 through the
- * kernel's AF_ALG interface (no new library dependency), nonces from
- * getrandom, and the proof each side sends to show it knows the key.
+ * Pre-shared-key challenge-response (private): HMAC-SHA256 (our own
+ * stream/sha256.c; the kernel's AF_ALG variant is kept for cross-checks),
+ * nonces from getrandom, and the proof each side sends to show it knows the
+ * key.
  *
- * Design (the handshake that carries it is added in conn.c later):
+ * Design (conn_handshake2 in conn.c carries it; doc/PROTOCOL.md 4.3):
  *   1. each side sends a fresh 32-byte nonce (auth_nonce);
  *   2. each side sends proof = HMAC(key, "pcopy-auth-v1" || u8 role ||
  *      own nonce || peer nonce || binding), where role is the sender's
@@ -32,13 +33,24 @@
 
 /*
  * HMAC-SHA256 of the concatenation of iov[0..iovcnt) under key (1..
- * PCOPY_AUTH_KEY_MAX bytes) via AF_ALG. Returns 0, -EINVAL (bad key length
- * or iovcnt), -EAFNOSUPPORT (kernel without AF_ALG or hmac(sha256)), or
- * another -errno; err gets a message on failure. Any thread; no shared state.
+ * PCOPY_AUTH_KEY_MAX bytes), computed in-process (stream/sha256.c): works on
+ * every kernel and under any seccomp policy. Returns 0 or -EINVAL (bad key
+ * length or iovcnt) with a message in err. Any thread; no shared state.
  */
 int auth_hmac_sha256(const void *key, size_t keylen, const struct iovec *iov,
 		     int iovcnt, uint8_t out[PCOPY_AUTH_MAC_SIZE],
 		     char *err, size_t errlen);
+
+/*
+ * The same MAC computed by the kernel through AF_ALG (hmac(sha256)), used by
+ * the tests to cross-check the built-in one. Returns 0, -EINVAL,
+ * -EAFNOSUPPORT (kernel without AF_ALG or hmac(sha256)), or another -errno;
+ * err gets a message on failure. Any thread.
+ */
+int auth_hmac_sha256_kernel(const void *key, size_t keylen,
+			    const struct iovec *iov, int iovcnt,
+			    uint8_t out[PCOPY_AUTH_MAC_SIZE], char *err,
+			    size_t errlen);
 
 /* Fill nonce with 32 random bytes (getrandom). Returns 0 or -errno. */
 int auth_nonce(uint8_t nonce[PCOPY_AUTH_NONCE_SIZE]);
@@ -51,8 +63,8 @@ void auth_bind_session(uint64_t session_id, uint32_t conn_kind,
 /*
  * The proof that `role` (PCOPY_ROLE_SOURCE or PCOPY_ROLE_DEST) knows key:
  * HMAC(key, label || role || own_nonce || peer_nonce || bind). bind may be
- * NULL when bind_len is 0. Returns 0, -EINVAL, -EAFNOSUPPORT or -errno with
- * a message in err. Any thread.
+ * NULL when bind_len is 0. Returns 0 or -EINVAL with a message in err. Any
+ * thread.
  */
 int auth_proof(const void *key, size_t keylen, uint32_t role,
 	       const uint8_t own_nonce[PCOPY_AUTH_NONCE_SIZE],

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Blocking message I/O on a connected stream socket, with deadlines and an
- * optional stop fd, and the symmetric HELLO handshake both sides run first.
+ * optional stop fd, and the handshake both sides run first: HELLOs (the
+ * destination speaks first, the source answers), then the optional PSK
+ * challenge-response.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -14,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "common.h"
 
 /* How long conn_send_error may spend on a peer that does not read. */
@@ -291,92 +294,355 @@ static const char *role_str(uint32_t r)
 	return r == PCOPY_ROLE_SOURCE ? "source" : "destination";
 }
 
-/* Check the peer's decoded HELLO against ours; -EPROTO with the reason. */
-static int check_peer_hello(const struct wire_hello *ours,
-			    const struct wire_hello *peer, char *err,
-			    size_t errlen)
+static const char *kind_str(uint32_t k)
 {
-	if (peer->role == ours->role)
-		return fail(-EPROTO, err, errlen,
-			    "HELLO: peer is a %s too; a session needs one "
-			    "source and one destination", role_str(peer->role));
-	if (peer->conn_kind != ours->conn_kind)
-		return fail(-EPROTO, err, errlen,
-			    "HELLO: connection kind %" PRIu32 " at the peer, %"
-			    PRIu32 " here", peer->conn_kind, ours->conn_kind);
-	return wire_hello_compare(ours, peer, err, errlen);
+	switch (k) {
+	case PCOPY_CONN_MAIN: return "MAIN";
+	case PCOPY_CONN_URGENT: return "URGENT";
+	case PCOPY_CONN_RESUME: return "RESUME";
+	default: return "unknown";
+	}
+}
+
+/* Refuse the peer: tell it why (ERROR, best effort), return code. */
+static int refuse(int fd, int code, char *err)
+{
+	conn_send_error(fd, -code, err);
+	return code;
 }
 
 /*
- * The symmetric handshake (see common.h). Both sides send HELLO before
- * reading, and a HELLO fits in any socket buffer, so it cannot deadlock.
- * timeout_ms: 0 means the default (10 s), < 0 no deadline. Returns 0 and
- * *features_out, -EPROTO (refused by us: the peer was told why), the peer's
- * errno (negative) if it refused us, or an I/O error. Caller's thread.
+ * Receive one handshake message of type `want` (and, for AUTH, kind
+ * `want_kind`) into buf. An ERROR from the peer becomes its errno with "peer
+ * refused: <text>"; anything else unexpected is refused with an ERROR.
+ * Returns 0 or -errno with a message.
  */
-int conn_handshake(int fd, const struct wire_hello *ours,
-		   struct wire_hello *peer, uint32_t *features_out,
-		   int timeout_ms, char *err, size_t errlen)
+static int hs_recv(int fd, unsigned want, unsigned want_kind,
+		   struct wire_hdr *h, uint8_t *buf, size_t cap,
+		   uint64_t deadline, const char *what, char *err,
+		   size_t errlen)
 {
-	uint8_t buf[HANDSHAKE_BUF];
 	uint8_t raw[PCOPY_WIRE_HDR_SIZE];
 	char text[PCOPY_ERROR_TEXT_MAX + 1];
-	struct wire_hdr h = { .type = PCOPY_MSG_HELLO };
-	uint64_t deadline = 0;
-	int len, ret, perr;
+	int ret, perr;
 
-	if (err && errlen)
-		err[0] = '\0';
-	if (timeout_ms == 0)
-		timeout_ms = HANDSHAKE_DEFAULT_MS;
-	if (timeout_ms > 0)
-		deadline = pcopy_now_ns() + (uint64_t)timeout_ms * 1000000ull;
-
-	len = wire_hello_encode(ours, buf, sizeof(buf));
-	if (len < 0)
-		return fail(len, err, errlen, "HELLO: cannot encode our region "
-			    "table: %s", strerror(-len));
-	ret = send_msg(fd, &h, buf, (size_t)len, 0, deadline);
+	ret = conn_read_exact(fd, raw, PCOPY_WIRE_HDR_SIZE, deadline, -1);
 	if (ret)
-		return fail(ret, err, errlen, "sending HELLO: %s", io_what(ret));
-
-	ret = recv_hdr(fd, raw, &h, deadline, -1, err, errlen);
-	if (ret == -EPROTO) {
-		conn_send_error(fd, EPROTO, err);
-		return ret;
-	}
+		return fail(ret, err, errlen, "handshake: waiting for %s: %s",
+			    what, io_what(ret));
+	ret = wire_hdr_decode(raw, h, err, errlen);
 	if (ret)
-		return ret;
-	if (h.type != PCOPY_MSG_HELLO && h.type != PCOPY_MSG_ERROR) {
-		ret = fail(-EPROTO, err, errlen, "handshake: expected HELLO, "
-			   "got message type %u", h.type);
-		conn_send_error(fd, EPROTO, err);
-		return ret;
+		return refuse(fd, ret, err);
+	if (h->type != want && h->type != PCOPY_MSG_ERROR) {
+		fail(-EPROTO, err, errlen, "handshake: expected %s, got "
+		     "message type %u", what, h->type);
+		return refuse(fd, -EPROTO, err);
 	}
-	ret = recv_body(fd, raw, &h, buf, sizeof(buf), deadline, -1, err,
-			errlen);
+	ret = recv_body(fd, raw, h, buf, cap, deadline, -1, err, errlen);
 	if (ret) {
 		if (ret == -EPROTO || ret == -EBADMSG)
 			conn_send_error(fd, -ret, err);
 		return ret;
 	}
-
-	if (h.type == PCOPY_MSG_ERROR) {
-		ret = wire_error_decode(buf, h.length, &perr, text, sizeof(text));
-		if (ret)
+	if (h->type == PCOPY_MSG_ERROR) {
+		if (wire_error_decode(buf, h->length, &perr, text, sizeof(text)))
 			return fail(-EPROTO, err, errlen,
 				    "handshake: malformed ERROR from peer");
 		return fail(-perr, err, errlen, "peer refused: %s",
 			    text[0] ? text : "(no reason given)");
 	}
-
-	ret = wire_hello_decode(buf, h.length, peer, err, errlen);
-	if (ret == 0)
-		ret = check_peer_hello(ours, peer, err, errlen);
-	if (ret) {
-		conn_send_error(fd, -ret, err);
-		return ret;
+	if (h->type == PCOPY_MSG_AUTH && h->kind != want_kind) {
+		fail(-EPROTO, err, errlen, "handshake: expected %s, got AUTH "
+		     "kind %u", what, h->kind);
+		return refuse(fd, -EPROTO, err);
 	}
-	*features_out = ours->features & peer->features;
+	return 0;
+}
+
+static int hs_send(int fd, struct wire_hdr *h, const void *payload,
+		   size_t len, uint64_t deadline, const char *what,
+		   char *err, size_t errlen)
+{
+	int ret = send_msg(fd, h, payload, len, 0, deadline);
+
+	if (ret)
+		return fail(ret, err, errlen, "handshake: sending %s: %s", what,
+			    io_what(ret));
+	return 0;
+}
+
+static int send_hello(int fd, const struct wire_hello *me, uint64_t deadline,
+		      char *err, size_t errlen)
+{
+	uint8_t buf[HANDSHAKE_BUF];
+	struct wire_hdr h = { .type = PCOPY_MSG_HELLO };
+	int len = wire_hello_encode(me, buf, sizeof(buf));
+
+	if (len < 0)
+		return fail(len, err, errlen, "HELLO: cannot encode our region "
+			    "table: %s", strerror(-len));
+	return hs_send(fd, &h, buf, (size_t)len, deadline, "HELLO", err,
+		       errlen);
+}
+
+/* Receive and decode the peer's HELLO; a bad one is refused with an ERROR. */
+static int recv_hello(int fd, struct wire_hello *peer, uint64_t deadline,
+		      char *err, size_t errlen)
+{
+	uint8_t buf[HANDSHAKE_BUF];
+	struct wire_hdr h;
+	int ret;
+
+	ret = hs_recv(fd, PCOPY_MSG_HELLO, 0, &h, buf, sizeof(buf), deadline,
+		      "HELLO", err, errlen);
+	if (ret)
+		return ret;
+	ret = wire_hello_decode(buf, h.length, peer, err, errlen);
+	if (ret)
+		return refuse(fd, ret, err);
+	return 0;
+}
+
+/*
+ * The source's checks of the destination's HELLO that decide whether to
+ * answer with a HELLO at all: role, connection kind, feature, session.
+ * Returns 0 or -errno with a message (the caller sends the ERROR).
+ */
+static int source_admit(const struct wire_hello *me,
+			const struct wire_hello *peer,
+			const struct conn_hs_params *p, char *err,
+			size_t errlen)
+{
+	uint32_t need;
+
+	if (peer->role == me->role)
+		return fail(-EPROTO, err, errlen,
+			    "HELLO: peer is a %s too; a session needs one "
+			    "source and one destination", role_str(peer->role));
+	if (peer->conn_kind == PCOPY_CONN_MAIN) {
+		if (peer->session_id != 0)
+			return fail(-EPROTO, err, errlen,
+				    "HELLO: MAIN connection with session id "
+				    "0x%016" PRIx64 ", want 0 (a new session)",
+				    peer->session_id);
+		return 0;
+	}
+	need = peer->conn_kind == PCOPY_CONN_URGENT ? PCOPY_FEAT_URGENT :
+						      PCOPY_FEAT_RESUME;
+	if (!(me->features & need))
+		return fail(-EOPNOTSUPP, err, errlen,
+			    "HELLO: %s connection, but this source does not "
+			    "offer it", kind_str(peer->conn_kind));
+	if (!(peer->features & need))
+		return fail(-EOPNOTSUPP, err, errlen,
+			    "HELLO: %s connection without the %s feature bit",
+			    kind_str(peer->conn_kind),
+			    kind_str(peer->conn_kind));
+	if (p->expect_session == 0 || peer->session_id != p->expect_session)
+		return fail(-EPROTO, err, errlen,
+			    "HELLO: %s connection for unknown session "
+			    "0x%016" PRIx64, kind_str(peer->conn_kind),
+			    peer->session_id);
+	return 0;
+}
+
+/* The destination's checks of the source's answer. */
+static int dest_check(const struct wire_hello *me,
+		      const struct wire_hello *peer, char *err, size_t errlen)
+{
+	uint32_t need;
+
+	if (peer->role == me->role)
+		return fail(-EPROTO, err, errlen,
+			    "HELLO: peer is a %s too; a session needs one "
+			    "source and one destination", role_str(peer->role));
+	if (peer->conn_kind != me->conn_kind)
+		return fail(-EPROTO, err, errlen,
+			    "HELLO: connection kind %" PRIu32 " at the peer, %"
+			    PRIu32 " here", peer->conn_kind, me->conn_kind);
+	if (me->conn_kind == PCOPY_CONN_MAIN)
+		return 0;
+	if (peer->session_id != me->session_id)
+		return fail(-EPROTO, err, errlen,
+			    "HELLO: %s connection: the source answers for "
+			    "session 0x%016" PRIx64 ", we asked for 0x%016"
+			    PRIx64, kind_str(me->conn_kind), peer->session_id,
+			    me->session_id);
+	need = me->conn_kind == PCOPY_CONN_URGENT ? PCOPY_FEAT_URGENT :
+						    PCOPY_FEAT_RESUME;
+	if (!(me->features & peer->features & need))
+		return fail(-EOPNOTSUPP, err, errlen,
+			    "HELLO: %s connection, but the %s feature is not "
+			    "offered by both sides", kind_str(me->conn_kind),
+			    kind_str(me->conn_kind));
+	return 0;
+}
+
+/*
+ * The PSK exchange after the HELLOs, both sides alike: send our nonce, read
+ * the peer's, send our proof, read the peer's and verify it. Every message
+ * is 32 bytes and written before the matching read, so the exchange cannot
+ * deadlock. A wrong proof is refused with ERROR "authentication failed".
+ */
+static int auth_exchange(int fd, const struct wire_hello *me,
+			 uint64_t session_id, uint32_t conn_kind,
+			 const struct conn_hs_params *p, uint64_t deadline,
+			 char *err, size_t errlen)
+{
+	uint8_t own[PCOPY_AUTH_NONCE_SIZE], theirs[PCOPY_AUTH_NONCE_SIZE];
+	uint8_t proof[PCOPY_AUTH_MAC_SIZE], buf[64];
+	uint8_t bind[PCOPY_AUTH_SESSION_BIND_SIZE];
+	uint32_t peer_role = me->role == PCOPY_ROLE_SOURCE ? PCOPY_ROLE_DEST :
+							      PCOPY_ROLE_SOURCE;
+	struct wire_hdr h;
+	char why[256];
+	int ret;
+
+	ret = auth_nonce(own);
+	if (ret)
+		return fail(ret, err, errlen, "handshake: no random nonce: %s",
+			    strerror(-ret));
+	auth_bind_session(session_id, conn_kind, bind);
+
+	h = (struct wire_hdr){ .type = PCOPY_MSG_AUTH, .kind = PCOPY_AUTH_NONCE };
+	ret = hs_send(fd, &h, own, sizeof(own), deadline, "AUTH nonce", err,
+		      errlen);
+	if (ret)
+		goto out;
+	ret = hs_recv(fd, PCOPY_MSG_AUTH, PCOPY_AUTH_NONCE, &h, buf,
+		      sizeof(buf), deadline, "AUTH nonce", err, errlen);
+	if (ret)
+		goto out;
+	memcpy(theirs, buf, sizeof(theirs));
+
+	ret = auth_proof(p->psk, p->psk_len, me->role, own, theirs, bind,
+			 sizeof(bind), proof, err, errlen);
+	if (ret) {
+		conn_send_error(fd, EACCES, "authentication failed");
+		goto out;
+	}
+	h = (struct wire_hdr){ .type = PCOPY_MSG_AUTH, .kind = PCOPY_AUTH_PROOF };
+	ret = hs_send(fd, &h, proof, sizeof(proof), deadline, "AUTH proof",
+		      err, errlen);
+	if (ret)
+		goto out;
+	ret = hs_recv(fd, PCOPY_MSG_AUTH, PCOPY_AUTH_PROOF, &h, buf,
+		      sizeof(buf), deadline, "AUTH proof", err, errlen);
+	if (ret)
+		goto out;
+	ret = auth_verify(p->psk, p->psk_len, peer_role, theirs, own, bind,
+			  sizeof(bind), buf, why, sizeof(why));
+	if (ret) {
+		fail(ret, err, errlen, "authentication failed: %s", why);
+		conn_send_error(fd, EACCES, "authentication failed: the "
+				"peer's proof does not match our key");
+		ret = -EACCES;
+	}
+out:
+	explicit_bzero(proof, sizeof(proof));
+	return ret;
+}
+
+/* conn_handshake with no key and no session to join. Caller's thread. */
+int conn_handshake(int fd, const struct wire_hello *ours,
+		   struct wire_hello *peer, uint32_t *features_out,
+		   int timeout_ms, char *err, size_t errlen)
+{
+	struct conn_hs_params p = { NULL, 0, 0, timeout_ms };
+
+	return conn_handshake2(fd, ours, peer, features_out, &p, err, errlen);
+}
+
+/*
+ * The handshake (see common.h and doc/PROTOCOL.md section 4): the
+ * destination sends its HELLO and reads the answer; the source reads first,
+ * decides (kind, session, features), then answers with its HELLO (echoing
+ * the connection kind; for URGENT/RESUME also the session id) or an ERROR.
+ * Both compare the region tables, then run AUTH when either side has a key:
+ * FEAT_AUTH in a HELLO means "I have a key", set here from p->psk whatever
+ * ours->features says. timeout_ms: 0 means the default (10 s), < 0 no
+ * deadline. Returns 0 and *features_out, or -errno with a message:
+ * -EPROTO/-EOPNOTSUPP (refused by us: the peer was told why), -EACCES
+ * (authentication), the peer's errno if it refused us, or an I/O error.
+ * Caller's thread.
+ */
+int conn_handshake2(int fd, const struct wire_hello *ours,
+		    struct wire_hello *peer, uint32_t *features_out,
+		    const struct conn_hs_params *p, char *err, size_t errlen)
+{
+	struct wire_hello me = *ours;
+	uint64_t deadline = 0, sid;
+	int timeout_ms = p->timeout_ms, ret;
+	uint32_t mine, theirs;
+
+	if (err && errlen)
+		err[0] = '\0';
+	if (p->psk && (p->psk_len < 1 || p->psk_len > PCOPY_AUTH_KEY_MAX))
+		return fail(-EINVAL, err, errlen, "handshake: pre-shared key "
+			    "of %zu bytes, want 1..%u", p->psk_len,
+			    PCOPY_AUTH_KEY_MAX);
+	if (timeout_ms == 0)
+		timeout_ms = HANDSHAKE_DEFAULT_MS;
+	if (timeout_ms > 0)
+		deadline = pcopy_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	if (p->psk)
+		me.features |= PCOPY_FEAT_AUTH;
+	else
+		me.features &= ~PCOPY_FEAT_AUTH;
+
+	if (me.role == PCOPY_ROLE_DEST) {
+		ret = send_hello(fd, &me, deadline, err, errlen);
+		if (ret)
+			return ret;
+		ret = recv_hello(fd, peer, deadline, err, errlen);
+		if (ret)
+			return ret;
+		ret = dest_check(&me, peer, err, errlen);
+		if (ret == 0)
+			ret = wire_hello_compare(&me, peer, err, errlen);
+		if (ret)
+			return refuse(fd, ret, err);
+		sid = peer->session_id;
+	} else {
+		ret = recv_hello(fd, peer, deadline, err, errlen);
+		if (ret)
+			return ret;
+		ret = source_admit(&me, peer, p, err, errlen);
+		if (ret)
+			return refuse(fd, ret, err);
+		me.conn_kind = peer->conn_kind;
+		if (peer->conn_kind != PCOPY_CONN_MAIN)
+			me.session_id = peer->session_id;
+		ret = send_hello(fd, &me, deadline, err, errlen);
+		if (ret)
+			return ret;
+		/* The destination runs the same comparison and tells us its
+		 * view too; our ERROR says it from our side. */
+		ret = wire_hello_compare(&me, peer, err, errlen);
+		if (ret)
+			return refuse(fd, ret, err);
+		sid = me.session_id;
+	}
+
+	mine = me.features & PCOPY_FEAT_AUTH;
+	theirs = peer->features & PCOPY_FEAT_AUTH;
+	if (mine && !theirs) {
+		fail(-EACCES, err, errlen, "handshake: peer offers no "
+		     "authentication, but a pre-shared key is configured here");
+		return refuse(fd, -EACCES, err);
+	}
+	if (!mine && theirs) {
+		fail(-EACCES, err, errlen, "handshake: peer requires a "
+		     "pre-shared key, none is configured here");
+		return refuse(fd, -EACCES, err);
+	}
+	if (mine) {
+		/* me.conn_kind is the destination's on both sides now. */
+		ret = auth_exchange(fd, &me, sid, me.conn_kind, p, deadline,
+				    err, errlen);
+		if (ret)
+			return ret;
+	}
+	*features_out = me.features & peer->features;
 	return 0;
 }

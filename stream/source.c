@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The SOURCE handle: create / start / wait / stats / destroy, the end of a
- * session, and the request-reader thread (the sender is in source_send.c).
+ * session and its pauses (breaks); connections are in source_conn.c, the
+ * sender in source_send.c.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -112,17 +113,22 @@ static void source_free(struct pcopy_source *s)
 	for (i = 0; i < s->n; i++)
 		free(s->reg[i].unsent);
 	src_queue_fini(&s->q);
-	src_window_fini(&s->win);
-	if (s->zlib)
-		codec_zlib_free(s->zlib);
-	free(s->zbuf);
-	if (s->fd >= 0)
-		close(s->fd);
+	src_tx_free(s->tx);
+	if (s->main.fd >= 0)
+		close(s->main.fd);
+	if (s->urg.fd >= 0)
+		close(s->urg.fd);
 	if (s->stop_fd >= 0)
 		close(s->stop_fd);
+	if (s->psk) {
+		explicit_bzero(s->psk, s->opts.psk_len);
+		free(s->psk);
+	}
 	pcopy_errslot_destroy(&s->es);
 	pthread_cond_destroy(&s->cond);
 	pthread_mutex_destroy(&s->lock);
+	pthread_mutex_destroy(&s->conn_lock);
+	pthread_mutex_destroy(&s->rate_lock);
 	free(s);
 }
 
@@ -155,11 +161,19 @@ int pcopy_source_create(struct pcopy_source **sp,
 			  PCOPY_REGIONS_MAX, n);
 		return -EINVAL;
 	}
-	if (o.flags & ~PCOPY_SOURCE_ZLIB || o.zlib_level < 0 ||
-	    o.zlib_level > 9) {
+	if (o.flags & ~(unsigned)(PCOPY_SOURCE_ZLIB | PCOPY_SOURCE_NO_BACKGROUND |
+				  PCOPY_SOURCE_NO_URGENT | PCOPY_SOURCE_NO_RESUME) ||
+	    o.zlib_level < 0 || o.zlib_level > 9) {
 		pcopy_log(&lg, PCOPY_LOG_ERROR,
 			  "pcopy_source_create: bad options (flags 0x%x, zlib_level %d)",
 			  o.flags, o.zlib_level);
+		return -EINVAL;
+	}
+	if ((o.psk && (o.psk_len == 0 || o.psk_len > 1024)) ||
+	    (!o.psk && o.psk_len)) {
+		pcopy_log(&lg, PCOPY_LOG_ERROR,
+			  "pcopy_source_create: psk_len %zu (1..1024 bytes with a key, 0 without)",
+			  o.psk_len);
 		return -EINVAL;
 	}
 	for (i = 0; i < n; i++) {
@@ -186,12 +200,23 @@ int pcopy_source_create(struct pcopy_source **sp,
 	s->chunk = PCOPY_TARGET_PAGE;
 	while (s->chunk * 2 <= s->batch)
 		s->chunk *= 2;
-	s->fd = -1;
+	s->main.fd = -1;
+	s->urg.fd = -1;
 	s->stop_fd = -1;
 	s->n = n;
 	s->total_pages = total;
+	s->any_file = any_file;
+	s->keepalive_ns = o.keepalive_ms < 0 ? 0 :
+		(uint64_t)(o.keepalive_ms ? o.keepalive_ms
+					  : SRC_KEEPALIVE_DEFAULT_MS) * 1000000ull;
+	s->deadline_ns = o.resume_deadline_ms < 0 ? UINT64_MAX :
+		(uint64_t)(o.resume_deadline_ms ? o.resume_deadline_ms
+						: SRC_RESUME_DEFAULT_MS) * 1000000ull;
 	pcopy_errslot_init(&s->es);
 	pthread_mutex_init(&s->lock, NULL);
+	pthread_mutex_init(&s->conn_lock, NULL);
+	src_rate_init(s);
+	atomic_init(&s->live_gen, 0);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->cond, &ca);
@@ -203,6 +228,12 @@ int pcopy_source_create(struct pcopy_source **sp,
 	s->hello.role = PCOPY_ROLE_SOURCE;
 	s->hello.conn_kind = PCOPY_CONN_MAIN;
 	s->hello.features = (o.flags & PCOPY_SOURCE_ZLIB) ? PCOPY_FEAT_ZLIB : 0;
+	if (!(o.flags & PCOPY_SOURCE_NO_URGENT))
+		s->hello.features |= PCOPY_FEAT_URGENT;
+	if (!(o.flags & PCOPY_SOURCE_NO_RESUME))
+		s->hello.features |= PCOPY_FEAT_RESUME;
+	if (o.psk)
+		s->hello.features |= PCOPY_FEAT_AUTH;
 	s->hello.target_page = PCOPY_TARGET_PAGE;
 	s->hello.nregions = n;
 	total = 0;
@@ -239,14 +270,30 @@ int pcopy_source_create(struct pcopy_source **sp,
 		s->hello.regions[i].host_page = (uint32_t)u->page_size;
 	}
 	err = src_queue_init(&s->q, s->total_pages);
-	if (!err)
-		err = src_window_init(&s->win, any_file ? s->batch : 0);
+	if (!err && o.psk) {
+		s->psk = malloc(o.psk_len);
+		if (s->psk)
+			memcpy(s->psk, o.psk, o.psk_len);
+		else
+			err = -ENOMEM;
+	}
+	s->opts.psk = s->psk;
 	if (err) {
 		source_free(s);
 		return err;
 	}
 	*sp = s;
 	return 0;
+}
+
+/* Shut down the connections (not close: their threads may still be in a
+ * call on them; they are closed once joined). Called with s->lock. */
+static void shutdown_conns(struct pcopy_source *s)
+{
+	if (s->main.fd >= 0)
+		shutdown(s->main.fd, SHUT_RDWR);
+	if (s->urg.fd >= 0)
+		shutdown(s->urg.fd, SHUT_RDWR);
 }
 
 /* See source.h. The state changes under s->lock, after the error slot is
@@ -274,9 +321,11 @@ void src_end(struct pcopy_source *s, int err, bool notify, const char *fmt, ...)
 		pcopy_errslot_set(&s->es, &s->lg, err, "%s", msg);
 	else
 		pcopy_log(&s->lg, PCOPY_LOG_INFO, "%s", msg);
+	/* while paused there is no connection to tell */
+	s->notify_peer = err && notify && s->state == SRC_RUNNING;
 	s->state = err ? SRC_FAILED : SRC_DONE;
-	s->notify_peer = err && notify;
 	s->t_end = pcopy_now_ns();
+	atomic_store(&s->live_gen, 0);
 	atomic_store(&s->over, true);
 	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&s->lock);
@@ -288,133 +337,60 @@ void src_end(struct pcopy_source *s, int err, bool notify, const char *fmt, ...)
 	}
 }
 
-/* Handle one REQ message: validate every entry, then queue them. */
-static int on_req(struct pcopy_source *s, const struct wire_hdr *h,
-		  const uint8_t *buf, struct wire_req *reqs)
+/* See source.h. */
+void src_break(struct pcopy_source *s, uint64_t gen, int err, bool proto,
+	       const char *fmt, ...)
 {
-	char msg[PCOPY_ERRMSG_MAX] = "";
-	unsigned i;
-	int err;
+	char msg[PCOPY_ERRMSG_MAX];
+	uint64_t nproto = 0;
+	va_list ap;
+	int fd = -1;
 
-	/* counted once handled (below), so a reader of the stats that sees
-	 * it also finds its pages queued */
-	if (h->count < 1 || h->count > PCOPY_REQ_MAX_ENTRIES ||
-	    h->length != (uint64_t)h->count * PCOPY_REQ_ENTRY_SIZE) {
-		src_end(s, -EPROTO, true,
-			"destination sent a REQ with %u entries in %u bytes (1..%u entries of %u bytes expected)",
-			h->count, h->length, PCOPY_REQ_MAX_ENTRIES,
-			PCOPY_REQ_ENTRY_SIZE);
-		return -EPROTO;
-	}
-	err = wire_req_decode(buf, h->count, reqs, s->hello.regions, s->n,
-			      msg, sizeof(msg));
-	if (err) {
-		src_end(s, err, true, "destination sent a bad REQ: %s",
-			msg[0] ? msg : pcopy_strerror(err));
-		return err;
-	}
-	for (i = 0; i < h->count; i++) {
-		err = src_request(s, &reqs[i]);
-		if (err == -ECANCELED)
-			return err;	/* the session ended meanwhile */
-		if (err) {
-			src_end(s, err, true, "queueing a request: %s",
-				strerror(-err));
-			return err;
-		}
-	}
-	SRC_STAT_ADD(s, request_msgs, 1);
-	return 0;
-}
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
 
-/* Handle the destination's ERROR message: the session fails with its text. */
-static void on_error(struct pcopy_source *s, const struct wire_hdr *h,
-		     const uint8_t *buf)
-{
-	char text[PCOPY_ERROR_TEXT_MAX + 1] = "";
-	int errnum = 0;
-
-	if (wire_error_decode(buf, h->length, &errnum, text, sizeof(text))) {
-		src_end(s, -EPROTO, true,
-			"destination sent a malformed ERROR message (%u bytes)",
-			h->length);
+	pthread_mutex_lock(&s->lock);
+	if (s->state != SRC_RUNNING || s->gen != gen) {
+		pthread_mutex_unlock(&s->lock);
+		pcopy_log(&s->lg, PCOPY_LOG_DEBUG, "after a break: %s", msg);
 		return;
 	}
-	src_end(s, errnum > 0 && errnum < 4096 ? -errnum : -EPROTO, false,
-		"destination reported an error (%d): %s", errnum, text);
-}
-
-/*
- * The request-reader thread: REQ -> queue, DONE -> success, ERROR -> the
- * peer's failure, anything else -> protocol error. Exits when the session
- * ends (stop_fd). Returns NULL. Reader thread.
- */
-static void *reader_main(void *arg)
-{
-	struct pcopy_source *s = arg;
-	uint8_t *buf = malloc(PCOPY_WIRE_PAYLOAD_MAX);
-	struct wire_req *reqs = malloc(PCOPY_REQ_MAX_ENTRIES * sizeof(*reqs));
-	char msg[PCOPY_ERRMSG_MAX];
-	struct wire_hdr h;
-	uint64_t left;
-	int err;
-
-	if (!buf || !reqs) {
-		src_end(s, -ENOMEM, true, "request reader: out of memory");
-		goto out;
+	if (proto)
+		nproto = SRC_STAT_ADD(s, proto_breaks, 1) + 1;
+	if (!(s->features & PCOPY_FEAT_RESUME) ||
+	    nproto > SRC_PROTO_BREAKS_MAX) {
+		pthread_mutex_unlock(&s->lock);
+		/* a peer that merely went away needs no ERROR */
+		src_end(s, err, proto || (err != -ECONNRESET && err != -EPIPE),
+			"%s%s", msg, nproto > SRC_PROTO_BREAKS_MAX ?
+			" (too many protocol errors to resume again)" : "");
+		return;
 	}
-	while (!atomic_load(&s->over)) {
-		msg[0] = '\0';
-		err = conn_recv_msg(s->fd, &h, buf, PCOPY_WIRE_PAYLOAD_MAX, 0,
-				    s->stop_fd, msg, sizeof(msg));
-		if (atomic_load(&s->over) || err == -ECANCELED)
-			break;
-		if (err == -ECONNRESET || err == -EPIPE) {
-			src_end(s, err, false,
-				"destination closed the connection before DONE (%s)",
-				msg[0] ? msg : strerror(-err));
-			break;
-		}
-		if (err) {
-			src_end(s, err, err == -EPROTO || err == -EBADMSG,
-				"receiving from the destination: %s",
-				msg[0] ? msg : strerror(-err));
-			break;
-		}
-		switch (h.type) {
-		case PCOPY_MSG_REQ:
-			if (on_req(s, &h, buf, reqs))
-				goto out;
-			break;
-		case PCOPY_MSG_DONE:
-			left = atomic_load(&s->pages_left);
-			if (left)
-				src_end(s, -EPROTO, true,
-					"destination sent DONE with %llu host pages not sent yet",
-					(unsigned long long)left);
-			else
-				src_end(s, 0, false,
-					"destination reports the restore complete");
-			goto out;
-		case PCOPY_MSG_ERROR:
-			on_error(s, &h, buf);
-			goto out;
-		default:
-			src_end(s, -EPROTO, true,
-				"unexpected message type %u from the destination",
-				h.type);
-			goto out;
-		}
+	if (proto)
+		fd = s->main.fd;
+	s->state = SRC_PAUSED;
+	atomic_store(&s->live_gen, 0);
+	s->t_pause = pcopy_now_ns();
+	snprintf(s->break_msg, sizeof(s->break_msg), "%s", msg);
+	SRC_STAT_ADD(s, breaks, 1);
+	if (fd >= 0) {
+		/* best effort, and the stream may be cut mid-frame by it:
+		 * the connection is dropped either way */
+		conn_send_error(fd, err < 0 ? -err : EPROTO, msg);
 	}
-out:
-	free(buf);
-	free(reqs);
-	return NULL;
+	shutdown_conns(s);
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	src_queue_close(&s->q);	/* the sender parks */
+	pcopy_log(&s->lg, PCOPY_LOG_WARN,
+		  "connection to the destination broken (%s); paused, waiting for it to resume",
+		  msg);
 }
 
 /* Start a thread with every signal blocked: the caller's handlers never run
- * on library threads. */
-static int thread_start(pthread_t *t, void *(*fn)(void *), void *arg)
+ * on library threads. Returns 0 or -errno. Caller's thread. */
+int src_thread_start(pthread_t *t, void *(*fn)(void *), void *arg)
 {
 	sigset_t all, old;
 	int err;
@@ -430,23 +406,25 @@ static uint64_t session_id(const struct pcopy_source *s)
 {
 	uint64_t id;
 
-	if (getrandom(&id, sizeof(id), GRND_NONBLOCK) == (ssize_t)sizeof(id))
+	if (getrandom(&id, sizeof(id), GRND_NONBLOCK) == (ssize_t)sizeof(id) &&
+	    id)
 		return id;
 	/* no entropy yet: unique enough to tell sessions apart */
-	return pcopy_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)s;
+	return (pcopy_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uintptr_t)s) | 1;
 }
 
 /*
  * Handshake over fd (blocking, up to handshake_timeout_ms), then start the
  * request reader and the sender. Takes ownership of fd in every case (closed
  * now on a misuse error, else at destroy). Returns 0, or -errno with a
- * message in pcopy_source_error() (-EPROTO when the region tables differ);
- * a failed start also makes pcopy_source_wait() return the error. Caller's
- * thread.
+ * message in pcopy_source_error() (-EPROTO when the region tables differ,
+ * -EACCES when the key is wrong); a failed start also makes
+ * pcopy_source_wait() return the error. Caller's thread.
  */
 int pcopy_source_start(struct pcopy_source *s, int fd)
 {
 	char msg[PCOPY_ERRMSG_MAX] = "";
+	struct conn_hs_params hp;
 	struct wire_hello *peer = NULL;
 	uint32_t features = 0;
 	int err, lowat = SRC_NOTSENT_LOWAT;
@@ -457,9 +435,9 @@ int pcopy_source_start(struct pcopy_source *s, int fd)
 		return -EINVAL;
 	}
 	pthread_mutex_lock(&s->lock);
-	err = (s->state != SRC_INIT || s->fd >= 0) ? -EINVAL : 0;
+	err = (s->state != SRC_INIT || s->main.fd >= 0) ? -EINVAL : 0;
 	if (!err)
-		s->fd = fd;
+		s->main.fd = fd;
 	pthread_mutex_unlock(&s->lock);
 	if (err) {
 		pcopy_log(&s->lg, PCOPY_LOG_ERROR,
@@ -480,43 +458,60 @@ int pcopy_source_start(struct pcopy_source *s, int fd)
 		goto out;
 	}
 	s->hello.session_id = session_id(s);
-	err = conn_handshake(fd, &s->hello, peer, &features,
-			     s->opts.handshake_timeout_ms, msg, sizeof(msg));
+	memset(&hp, 0, sizeof(hp));
+	hp.psk = s->psk;
+	hp.psk_len = s->psk ? s->opts.psk_len : 0;
+	hp.expect_session = 0;
+	hp.timeout_ms = s->opts.handshake_timeout_ms;
+	err = conn_handshake2(fd, &s->hello, peer, &features, &hp, msg,
+			      sizeof(msg));
+	if (!err && peer->conn_kind != PCOPY_CONN_MAIN) {
+		snprintf(msg, sizeof(msg),
+			 "the destination opened connection kind %u, but a session starts with a MAIN connection",
+			 peer->conn_kind);
+		conn_send_error(fd, EPROTO, msg);
+		err = -EPROTO;
+	}
 	if (err) {
 		src_end(s, err, false, "handshake failed: %s",
 			msg[0] ? msg : pcopy_strerror(err));
 		goto out;
 	}
 	s->features = features & s->hello.features;
-	if (s->features & PCOPY_FEAT_ZLIB) {
-		err = codec_zlib_new(&s->zlib, true, s->opts.zlib_level);
-		s->zbuf = err ? NULL : malloc(PCOPY_TARGET_PAGE);
-		if (!err && !s->zbuf)
-			err = -ENOMEM;
-		if (err) {
-			src_end(s, err, true, "zlib setup failed: %s",
-				strerror(-err));
-			goto out;
-		}
+	err = src_tx_new(s, false, &s->tx);
+	if (err) {
+		src_end(s, err, true, "sender setup failed: %s", strerror(-err));
+		goto out;
 	}
 	pcopy_log(&s->lg, PCOPY_LOG_INFO,
-		  "source: session %016llx, %u regions, %llu host pages, zlib %s",
+		  "source: session %016llx, %u regions, %llu host pages, zlib %s, urgent %s, resume %s",
 		  (unsigned long long)s->hello.session_id, s->n,
 		  (unsigned long long)s->total_pages,
-		  s->zlib ? "on" : "off");
+		  s->features & PCOPY_FEAT_ZLIB ? "on" : "off",
+		  s->features & PCOPY_FEAT_URGENT ? "offered" : "off",
+		  s->features & PCOPY_FEAT_RESUME ? "on" : "off");
 
 	pthread_mutex_lock(&s->lock);
-	if (s->state == SRC_INIT)
+	if (s->state == SRC_INIT) {
 		s->state = SRC_RUNNING;
+		s->gen = 1;
+		s->main.gen = 1;
+		s->main.live = true;
+		atomic_store(&s->main.last_rx_ns, pcopy_now_ns());
+		atomic_store(&s->live_gen, 1);
+	}
 	pthread_mutex_unlock(&s->lock);
-	err = thread_start(&s->reader, reader_main, s);
+	err = src_thread_start(&s->main.thread, src_reader_main, s);
 	if (err) {
+		pthread_mutex_lock(&s->lock);
+		s->main.live = false;
+		pthread_mutex_unlock(&s->lock);
 		src_end(s, err, true, "cannot start the request reader: %s",
 			strerror(-err));
 		goto out;
 	}
-	s->reader_started = true;
-	err = thread_start(&s->sender, src_sender_main, s);
+	s->main.started = true;
+	err = src_thread_start(&s->sender, src_sender_main, s);
 	if (err) {
 		src_end(s, err, false, "cannot start the sender: %s",
 			strerror(-err));
@@ -531,7 +526,8 @@ out:
 /*
  * Wait for the end of the session: 0 when the destination sent DONE, the
  * error that ended it, -ETIMEDOUT after timeout_ms (< 0: forever), or
- * -EINVAL if never started. Any thread; several may wait at once.
+ * -EINVAL if never started. A pause is not an end: waiting goes on through
+ * it. Any thread; several may wait at once.
  */
 int pcopy_source_wait(struct pcopy_source *s, int timeout_ms)
 {
@@ -550,7 +546,7 @@ int pcopy_source_wait(struct pcopy_source *s, int timeout_ms)
 		}
 	}
 	pthread_mutex_lock(&s->lock);
-	while (s->state == SRC_RUNNING && !err) {
+	while ((s->state == SRC_RUNNING || s->state == SRC_PAUSED) && !err) {
 		if (timeout_ms < 0)
 			pthread_cond_wait(&s->cond, &s->lock);
 		else if (pthread_cond_timedwait(&s->cond, &s->lock, &ts) == ETIMEDOUT)
@@ -566,9 +562,24 @@ int pcopy_source_wait(struct pcopy_source *s, int timeout_ms)
 	return err;
 }
 
+/* 1 while paused waiting for the destination to resume, else 0 (also for
+ * NULL). Any thread. */
+int pcopy_source_paused(struct pcopy_source *s)
+{
+	int p;
+
+	if (!s)
+		return 0;
+	pthread_mutex_lock(&s->lock);
+	p = s->state == SRC_PAUSED;
+	pthread_mutex_unlock(&s->lock);
+	return p;
+}
+
 /* Copy the counters into *st (source meaning of each field in postcopy.h;
- * host_pages_received counts host pages sent). Returns 0 or -EINVAL. Any
- * thread. */
+ * host_pages_received counts host pages sent, again after a resume;
+ * requests counts host pages sent on request, urgent ones included).
+ * Returns 0 or -EINVAL. Any thread. */
 int pcopy_source_stats(struct pcopy_source *s, struct pcopy_stats *st)
 {
 	uint64_t t0, t1;
@@ -586,6 +597,9 @@ int pcopy_source_stats(struct pcopy_source *s, struct pcopy_stats *st)
 	st->requests = atomic_load(&s->st.requests);
 	st->request_msgs = atomic_load(&s->st.request_msgs);
 	st->duplicates = atomic_load(&s->st.duplicates);
+	st->breaks = atomic_load(&s->st.breaks);
+	st->resent_pages = atomic_load(&s->st.resent_pages);
+	st->urgent_pages = atomic_load(&s->st.urgent_pages);
 	pthread_mutex_lock(&s->lock);
 	t0 = s->t_start;
 	t1 = s->t_end;
@@ -607,20 +621,24 @@ const char *pcopy_source_error(struct pcopy_source *s)
 }
 
 /*
- * Stop both threads (shutdown() unblocks a sender stuck on a full socket,
- * stop_fd the reader), join them, close the connection, free everything.
- * Accepts NULL; any moment. Caller's thread, never a library callback.
+ * Stop every thread (shutdown() unblocks a sender stuck on a full socket,
+ * stop_fd the readers, the condvar a parked sender), join them, close the
+ * connections, free everything. Accepts NULL; any moment. Caller's thread,
+ * never a library callback, not concurrently with another call on s.
  */
 void pcopy_source_destroy(struct pcopy_source *s)
 {
 	if (!s)
 		return;
-	if (s->reader_started || s->sender_started)
+	if (s->main.started || s->sender_started)
 		src_end(s, -ECANCELED, false, "source destroyed");
-	if (s->fd >= 0)
-		shutdown(s->fd, SHUT_RDWR);
-	if (s->reader_started)
-		pthread_join(s->reader, NULL);
+	pthread_mutex_lock(&s->lock);
+	shutdown_conns(s);
+	pthread_mutex_unlock(&s->lock);
+	if (s->main.started)
+		pthread_join(s->main.thread, NULL);
+	if (s->urg.started)
+		pthread_join(s->urg.thread, NULL);
 	if (s->sender_started)
 		pthread_join(s->sender, NULL);
 	source_free(s);
@@ -632,8 +650,8 @@ size_t src_debug_queue_capacity(struct pcopy_source *s)
 	return src_queue_capacity(&s->q);
 }
 
-/* File bytes read by the snapshot-file backend (test/check_source.c). */
+/* File bytes read by the snapshot-file backends (test/check_source.c). */
 uint64_t src_debug_file_bytes_read(struct pcopy_source *s)
 {
-	return atomic_load(&s->win.bytes_read);
+	return atomic_load(&s->file_bytes_read);
 }

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Private state of the SOURCE (stream/source*.c): the handle, its regions,
- * the request queue, the memory / snapshot-file backends and the functions
- * the source files call in each other.
+ * connections, the request queue, the frame gatherer, the memory /
+ * snapshot-file backends and the functions the source files call in each other.
  */
 #ifndef PCOPY_STREAM_SOURCE_H
 #define PCOPY_STREAM_SOURCE_H
@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include "common.h"
 #include "postcopy.h"
@@ -21,6 +22,12 @@
 #define SRC_BATCH_MAX		(64u << 20)	/* larger values are clamped */
 #define SRC_RAW_RUN_MAX		(64u << 10)	/* largest RAW frame payload */
 #define SRC_QUEUE_INITIAL	1024u		/* first ring size (entries) */
+#define SRC_TX_BYTES		(256u << 10)	/* wire bytes gathered per sendmsg */
+#define SRC_TX_IOV		1024u		/* iovecs per sendmsg (IOV_MAX) */
+#define SRC_TX_ARENA		(64u << 10)	/* zlib output held until a flush */
+#define SRC_RESUME_DEFAULT_MS	60000
+#define SRC_KEEPALIVE_DEFAULT_MS 10000
+#define SRC_PROTO_BREAKS_MAX	16		/* protocol errors survived */
 
 /* ---- request queue (source_queue.c) ---- */
 
@@ -46,8 +53,10 @@ void src_queue_fini(struct src_queue *q);
 long src_queue_push(struct src_queue *q, const uint64_t *pages, size_t n);
 bool src_queue_nonempty(struct src_queue *q);
 bool src_queue_pop(struct src_queue *q, uint64_t *page);
-int src_queue_wait_pop(struct src_queue *q, uint64_t *page);
+int src_queue_wait_pop(struct src_queue *q, uint64_t *page,
+		       uint64_t deadline_ns);
 void src_queue_close(struct src_queue *q);
+void src_queue_reset(struct src_queue *q);
 size_t src_queue_capacity(struct src_queue *q);
 
 /* ---- regions and backends (source_backend.c) ---- */
@@ -61,18 +70,17 @@ struct src_region {
 	size_t page_size;		/* host page */
 	uint64_t npages;		/* host pages */
 	uint64_t first;			/* global index of host page 0 */
-	_Atomic uint64_t *unsent;	/* 1 bit per host page; only the sender clears */
-	/* file backend: the last data/hole extent found with SEEK_DATA/HOLE,
-	 * in file offsets; sender thread only */
-	bool ext_valid;
-	bool ext_data;
-	off_t ext_lo, ext_hi;
+	_Atomic uint64_t *unsent;	/* 1 bit per host page; cleared by
+					   whoever claims the page to send it
+					   (atomic), set again only by a resume
+					   while every sending thread is parked */
 };
 
 /*
  * A read window of the file backend: up to `cap` bytes of one region read
  * ahead, with a bit per 4 KiB target page that lay entirely in a hole (known
- * zero without reading). Sender thread only.
+ * zero without reading), and the last data/hole extent found with
+ * SEEK_DATA/SEEK_HOLE. One per sending thread.
  */
 struct src_window {
 	uint8_t *buf;
@@ -80,7 +88,10 @@ struct src_window {
 	uint64_t *hole;			/* cap / 4096 bits */
 	int region;			/* -1: empty */
 	size_t lo, len;			/* region byte range held */
-	_Atomic uint64_t bytes_read;	/* file bytes read so far (tests) */
+	int ext_region;			/* -1: no extent cached */
+	bool ext_data;
+	off_t ext_lo, ext_hi;		/* file offsets */
+	_Atomic uint64_t *bytes_read;	/* the handle's counter (tests) */
 };
 
 /* What the sender sees of [off, off + len) of a region. */
@@ -90,16 +101,61 @@ struct src_view {
 	size_t hole_base;		/* bit of the view's first target page */
 };
 
-int src_window_init(struct src_window *w, size_t cap);
+struct src_tx;
+int src_window_init(struct src_window *w, size_t cap,
+		    _Atomic uint64_t *bytes_read);
 void src_window_fini(struct src_window *w);
-int src_backend_view(struct pcopy_source *s, unsigned ri, size_t off,
-		     size_t len, struct src_view *v);
+int src_backend_view(struct pcopy_source *s, struct src_tx *tx, unsigned ri,
+		     size_t off, size_t len, struct src_view *v);
+
+/* ---- frame gathering and sending (source_tx.c) ---- */
+
+/*
+ * Frames gathered for one sendmsg: sealed headers and pointers to their
+ * payloads (caller memory, the window, or the zlib arena), so a whole batch
+ * of 4 KiB pages costs one system call. One per sending thread and
+ * connection; the payloads must stay put until the flush (the window flushes
+ * before it refills, the arena flushes when full).
+ */
+struct src_tx {
+	struct pcopy_source *s;
+	int fd;				/* connection written to */
+	uint64_t gen;			/* its session generation */
+	bool urgent;			/* urgent connection: rate debt, no wait */
+	unsigned niov, nhdr;
+	size_t bytes;			/* wire bytes gathered */
+	size_t limit;			/* flush at this many */
+	struct iovec *iov;		/* SRC_TX_IOV */
+	uint8_t (*hdr)[PCOPY_WIRE_HDR_SIZE];	/* SRC_TX_IOV / 2 */
+	uint8_t *arena;			/* SRC_TX_ARENA of zlib output */
+	size_t arena_used;
+	uint8_t *zbuf;			/* one target page of zlib output */
+	uint64_t pages[4];		/* gathered target pages per kind */
+	uint64_t payload;		/* gathered image bytes */
+	uint64_t host_pages;		/* gathered host pages (stats) */
+	uint64_t last_tx_ns;		/* last successful send */
+	struct src_window win;
+	struct codec_zlib *zlib;	/* when PCOPY_FEAT_ZLIB was negotiated */
+};
+
+int src_tx_new(struct pcopy_source *s, bool urgent, struct src_tx **out);
+void src_tx_free(struct src_tx *tx);
+void src_tx_drop(struct src_tx *tx);
+int src_tx_frame(struct src_tx *tx, uint8_t kind, unsigned ri, size_t off,
+		 uint32_t count, const void *payload, size_t len);
+uint8_t *src_tx_arena(struct src_tx *tx, size_t need, int *err);
+int src_tx_flush(struct src_tx *tx);
+int src_tx_simple(struct src_tx *tx, uint8_t type);
+void src_rate_init(struct pcopy_source *s);
+int src_rate_wait(struct pcopy_source *s, uint64_t gen, size_t bytes);
+void src_rate_debt(struct pcopy_source *s, size_t bytes);
 
 /* ---- the handle (source.c) ---- */
 
 enum src_state {
 	SRC_INIT = 0,		/* created, not started */
-	SRC_RUNNING,		/* threads running */
+	SRC_RUNNING,		/* a main connection is live */
+	SRC_PAUSED,		/* the connection broke: waiting for a resume */
 	SRC_DONE,		/* destination sent DONE */
 	SRC_FAILED,		/* an error ended the session */
 };
@@ -109,42 +165,72 @@ struct src_counters {
 	_Atomic uint64_t bytes_wire, bytes_payload;
 	_Atomic uint64_t requests, request_msgs, duplicates;
 	_Atomic uint64_t host_pages_sent;
+	_Atomic uint64_t breaks, resent_pages, urgent_pages;
+	_Atomic uint64_t proto_breaks;	/* breaks caused by a protocol error */
 };
 
 #define SRC_STAT_ADD(s, field, v) \
 	atomic_fetch_add_explicit(&(s)->st.field, (v), memory_order_relaxed)
 
+/* A connection served by one library thread (the main one's reader, or the
+ * urgent one's request server). */
+struct src_conn {
+	int fd;				/* owned, or -1 */
+	uint64_t gen;			/* session generation it belongs to */
+	pthread_t thread;
+	bool started;			/* thread to join */
+	bool live;			/* thread running (under s->lock) */
+	_Atomic uint64_t last_rx_ns;	/* keepalive: last message read */
+};
+
 struct pcopy_source {
 	struct pcopy_logger lg;
 	struct pcopy_errslot es;
 	struct pcopy_source_opts opts;	/* defaults filled in */
+	uint8_t *psk;			/* our copy of opts.psk */
 	size_t batch;			/* background bytes per batch */
 	size_t chunk;			/* largest power of two <= batch: host
 					   pages are read in chunks of it */
+	bool any_file;			/* some region is a snapshot file */
+	uint64_t keepalive_ns;		/* 0: off */
+	uint64_t deadline_ns;		/* resume deadline; UINT64_MAX: forever */
 
 	unsigned n;
 	struct src_region reg[PCOPY_REGIONS_MAX];
 	uint64_t total_pages;
 	struct wire_hello hello;	/* ours: its region table validates REQs */
+	uint32_t features;		/* negotiated on the main connection */
 
-	int fd;				/* the connection (owned), or -1 */
-	int stop_fd;			/* eventfd: readable -> reader stops */
-	uint32_t features;		/* negotiated */
-
+	int stop_fd;			/* eventfd: readable -> the session is over */
 	struct src_queue q;
-	struct src_window win;
-	struct codec_zlib *zlib;	/* when PCOPY_FEAT_ZLIB was negotiated */
-	uint8_t *zbuf;			/* compressed output, one target page */
+	struct src_tx *tx;		/* the sender's */
+	_Atomic uint64_t file_bytes_read;
 
-	pthread_t reader, sender;
-	bool reader_started, sender_started;
+	pthread_mutex_t conn_lock;	/* serialises pcopy_source_add_conn */
+	pthread_t sender;
+	bool sender_started;
 
-	pthread_mutex_t lock;		/* state, result, t_end */
+	pthread_mutex_t lock;		/* everything below that is not atomic */
 	pthread_cond_t cond;		/* state changes (CLOCK_MONOTONIC) */
 	enum src_state state;
+	struct src_conn main;		/* main connection + its reader */
+	struct src_conn urg;		/* urgent connection + its thread */
+	uint64_t gen;			/* bumped by each resume */
+	_Atomic uint64_t live_gen;	/* gen while RUNNING, else 0 */
+	bool sender_parked;		/* sender waits for a connection */
+	bool resuming;			/* RUNNING, but the sender waits: a
+					   resume still queues requests */
+	uint64_t t_pause;		/* when the pause began */
+	char break_msg[PCOPY_ERRMSG_MAX];	/* why */
 	_Atomic bool over;		/* state is DONE or FAILED: threads stop */
 	bool notify_peer;		/* failure the peer has not heard about */
 	uint64_t t_start, t_end;
+
+	/* token bucket of max_rate_bps (rate_lock) */
+	pthread_mutex_t rate_lock;
+	double tokens;			/* bytes; negative = debt */
+	double burst;
+	uint64_t rate_t;		/* last refill */
 
 	_Atomic uint64_t pages_left;	/* host pages not yet claimed to send */
 	struct src_counters st;
@@ -159,11 +245,37 @@ struct pcopy_source {
 void src_end(struct pcopy_source *s, int err, bool notify, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 
+/*
+ * A connection of generation `gen` failed with err. With resume negotiated
+ * the session pauses (every connection is shut down, threads park); without,
+ * it ends. `proto`: the peer broke the protocol (counted; the peer is told
+ * why). Stale generations are ignored. Any library thread.
+ */
+void src_break(struct pcopy_source *s, uint64_t gen, int err, bool proto,
+	       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+/* True while generation gen is the live one (no break, no end). */
+static inline bool src_live(struct pcopy_source *s, uint64_t gen)
+{
+	return atomic_load_explicit(&s->live_gen, memory_order_acquire) == gen;
+}
+
+int src_thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
+
+/* ---- connections (source_conn.c) ---- */
+
+void *src_reader_main(void *arg);
+int src_handle_msg(struct pcopy_source *s, uint64_t gen, int fd,
+		   const struct wire_hdr *h, const uint8_t *buf,
+		   struct wire_req *reqs);
+
 /* ---- sender (source_send.c) ---- */
 
 void *src_sender_main(void *arg);
 /* Mark the host pages of one validated REQ entry for sending. Reader thread. */
 int src_request(struct pcopy_source *s, const struct wire_req *rq);
+bool src_claim(struct pcopy_source *s, struct src_region *r, uint64_t p);
+int src_send_host_page(struct src_tx *tx, unsigned ri, uint64_t p);
 
 /* ---- white-box accessors for test/check_source.c ---- */
 

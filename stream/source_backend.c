@@ -13,13 +13,16 @@
 
 /*
  * Allocate a window of `cap` bytes (a multiple of 4096; 0 for none: memory
- * regions only). Returns 0 or -ENOMEM. Caller's thread (create).
+ * regions only); file bytes read are added to *bytes_read. Returns 0 or
+ * -ENOMEM. The thread that owns the window (or create).
  */
-int src_window_init(struct src_window *w, size_t cap)
+int src_window_init(struct src_window *w, size_t cap,
+		    _Atomic uint64_t *bytes_read)
 {
 	memset(w, 0, sizeof(*w));
 	w->region = -1;
-	atomic_init(&w->bytes_read, 0);
+	w->ext_region = -1;
+	w->bytes_read = bytes_read;
 	if (!cap)
 		return 0;
 	/* Page-aligned: cheap, and keeps the door open for O_DIRECT. */
@@ -35,7 +38,7 @@ int src_window_init(struct src_window *w, size_t cap)
 	return 0;
 }
 
-/* Free the window buffers. Caller's thread (destroy). */
+/* Free the window buffers. Its owner, or destroy. */
 void src_window_fini(struct src_window *w)
 {
 	free(w->buf);
@@ -50,38 +53,40 @@ void src_window_fini(struct src_window *w)
  * without SEEK_DATA support reports the whole file as data, which is still
  * correct (just slower); past EOF everything is a hole.
  */
-static int file_extent(struct src_region *r, off_t pos)
+static int file_extent(struct src_window *w, unsigned ri,
+		       const struct src_region *r, off_t pos)
 {
 	off_t d, h;
 
-	if (r->ext_valid && pos >= r->ext_lo && pos < r->ext_hi)
+	if (w->ext_region == (int)ri && pos >= w->ext_lo && pos < w->ext_hi)
 		return 0;
+	w->ext_region = -1;
 	d = lseek(r->fd, pos, SEEK_DATA);
 	if (d < 0 && errno == ENXIO) {
 		/* no data at or after pos: a hole up to EOF and beyond */
-		r->ext_data = false;
-		r->ext_lo = pos;
-		r->ext_hi = INT64_MAX;
+		w->ext_data = false;
+		w->ext_lo = pos;
+		w->ext_hi = INT64_MAX;
 	} else if (d < 0 && errno != EINVAL && errno != EOPNOTSUPP) {
 		return -errno;
 	} else if (d < 0) {
-		r->ext_data = true;	/* no SEEK_DATA here: treat as data */
-		r->ext_lo = pos;
-		r->ext_hi = INT64_MAX;
+		w->ext_data = true;	/* no SEEK_DATA here: treat as data */
+		w->ext_lo = pos;
+		w->ext_hi = INT64_MAX;
 	} else if (d > pos) {
-		r->ext_data = false;
-		r->ext_lo = pos;
-		r->ext_hi = d;
+		w->ext_data = false;
+		w->ext_lo = pos;
+		w->ext_hi = d;
 	} else {
 		h = lseek(r->fd, pos, SEEK_HOLE);
 		if (h < 0 && errno != ENXIO && errno != EINVAL)
 			return -errno;
-		r->ext_data = true;
-		r->ext_lo = pos;
+		w->ext_data = true;
+		w->ext_lo = pos;
 		/* ENXIO here means the file shrank under us: read, get EOF */
-		r->ext_hi = (h < 0 || h <= pos) ? INT64_MAX : h;
+		w->ext_hi = (h < 0 || h <= pos) ? INT64_MAX : h;
 	}
-	r->ext_valid = true;
+	w->ext_region = (int)ri;
 	return 0;
 }
 
@@ -113,11 +118,10 @@ static int read_full(int fd, uint8_t *dst, size_t n, off_t off,
  * Fill the window with [lo, lo + len) of region ri: holes are zero-filled
  * and marked per target page, data extents are read with one pread each.
  */
-static int window_fill(struct pcopy_source *s, unsigned ri, size_t lo,
-		       size_t len)
+static int window_fill(struct pcopy_source *s, struct src_window *w,
+		       unsigned ri, size_t lo, size_t len)
 {
 	struct src_region *r = &s->reg[ri];
-	struct src_window *w = &s->win;
 	off_t start = r->file_offset + (off_t)lo;
 	off_t end = start + (off_t)len;
 	off_t pos = start;
@@ -129,18 +133,18 @@ static int window_fill(struct pcopy_source *s, unsigned ri, size_t lo,
 		off_t stop;
 		size_t boff = (size_t)(pos - start), blen;
 
-		err = file_extent(r, pos);
+		err = file_extent(w, ri, r, pos);
 		if (err) {
 			src_end(s, err, true,
 				"region '%s': SEEK_DATA/SEEK_HOLE at file offset %lld failed: %s",
 				r->name, (long long)pos, strerror(-err));
 			return err;
 		}
-		stop = r->ext_hi < end ? r->ext_hi : end;
+		stop = w->ext_hi < end ? w->ext_hi : end;
 		blen = (size_t)(stop - pos);
-		if (r->ext_data) {
+		if (w->ext_data) {
 			err = read_full(r->fd, w->buf + boff, blen, pos,
-					&w->bytes_read);
+					w->bytes_read);
 			if (err) {
 				src_end(s, err, true,
 					"region '%s': reading %zu bytes at file offset %lld failed: %s",
@@ -170,15 +174,16 @@ static int window_fill(struct pcopy_source *s, unsigned ri, size_t lo,
  * Make [off, off + len) of region ri readable (off and len multiples of
  * 4096, len <= the window size for file regions) and describe it in *v.
  * Memory regions cost nothing; file regions are served from the window,
- * refilled with up to a batch read ahead from off when it misses. Returns 0,
- * or -errno after ending the session with a message (read error). Sender
- * thread.
+ * refilled with up to a batch read ahead from off when it misses; frames
+ * gathered in tx may point into the window, so they are sent first. Returns
+ * 0, or -errno (a read error has ended the session with a message; a send
+ * error is the caller's to report). The thread that owns tx.
  */
-int src_backend_view(struct pcopy_source *s, unsigned ri, size_t off,
-		     size_t len, struct src_view *v)
+int src_backend_view(struct pcopy_source *s, struct src_tx *tx, unsigned ri,
+		     size_t off, size_t len, struct src_view *v)
 {
 	struct src_region *r = &s->reg[ri];
-	struct src_window *w = &s->win;
+	struct src_window *w = &tx->win;
 	int err;
 
 	if (r->mem) {
@@ -192,7 +197,9 @@ int src_backend_view(struct pcopy_source *s, unsigned ri, size_t off,
 
 		if (n > w->cap)
 			n = w->cap;
-		err = window_fill(s, ri, off, n);
+		if (tx->niov && (err = src_tx_flush(tx)))
+			return err;
+		err = window_fill(s, w, ri, off, n);
 		if (err)
 			return err;
 	}

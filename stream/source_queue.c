@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "source.h"
 
@@ -31,7 +32,15 @@ int src_queue_init(struct src_queue *q, uint64_t total_pages)
 		return -ENOMEM;
 	}
 	pthread_mutex_init(&q->lock, NULL);
-	pthread_cond_init(&q->cond, NULL);
+	{
+		pthread_condattr_t ca;
+
+		/* timed waits use CLOCK_MONOTONIC deadlines */
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&q->cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	atomic_init(&q->pending, 0);
 	return 0;
 }
@@ -152,16 +161,30 @@ bool src_queue_pop(struct src_queue *q, uint64_t *page)
 }
 
 /*
- * Block (on the condvar, never spinning) until an entry arrives or the
- * queue is closed. Returns 1 with *page set, or 0 once closed. Sender thread.
+ * Block (on the condvar, never spinning) until an entry arrives, the queue
+ * is closed, or deadline_ns passes (0: no deadline). Returns 1 with *page
+ * set, 0 once closed, -ETIMEDOUT. Sender thread.
  */
-int src_queue_wait_pop(struct src_queue *q, uint64_t *page)
+int src_queue_wait_pop(struct src_queue *q, uint64_t *page,
+		       uint64_t deadline_ns)
 {
+	struct timespec ts;
 	int got = 0;
 
+	if (deadline_ns) {
+		ts.tv_sec = (time_t)(deadline_ns / 1000000000ull);
+		ts.tv_nsec = (long)(deadline_ns % 1000000000ull);
+	}
 	pthread_mutex_lock(&q->lock);
-	while (!q->len && !q->closed)
-		pthread_cond_wait(&q->cond, &q->lock);
+	while (!q->len && !q->closed) {
+		if (!deadline_ns) {
+			pthread_cond_wait(&q->cond, &q->lock);
+		} else if (pthread_cond_timedwait(&q->cond, &q->lock, &ts) ==
+			   ETIMEDOUT) {
+			got = -ETIMEDOUT;
+			break;
+		}
+	}
 	if (q->len) {
 		*page = queue_take(q);
 		got = 1;
@@ -170,12 +193,29 @@ int src_queue_wait_pop(struct src_queue *q, uint64_t *page)
 	return got;
 }
 
-/* Wake the sender for good: the session is over. Any thread. */
+/* Wake the sender out of src_queue_wait_pop for good (the session ended)
+ * or until src_queue_reset (a break). Any thread. */
 void src_queue_close(struct src_queue *q)
 {
 	pthread_mutex_lock(&q->lock);
 	q->closed = true;
 	pthread_cond_broadcast(&q->cond);
+	pthread_mutex_unlock(&q->lock);
+}
+
+/*
+ * Empty and reopen the queue for a resumed connection: requests of the old
+ * one are re-sent by the destination. Caller's thread (resume), while no
+ * library thread uses the queue. O(host pages / 64).
+ */
+void src_queue_reset(struct src_queue *q)
+{
+	pthread_mutex_lock(&q->lock);
+	q->head = 0;
+	q->len = 0;
+	memset(q->queued, 0, (q->limit + 63) / 64 * sizeof(uint64_t));
+	q->closed = false;
+	atomic_store_explicit(&q->pending, 0, memory_order_release);
 	pthread_mutex_unlock(&q->lock);
 }
 

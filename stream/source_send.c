@@ -1,11 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The source's sender thread: requested pages first, the background scan
- * second, each host page sent whole as ZERO / RAW / ZLIB frames; then END,
- * then sleep until the session ends. Also the reader's side of a request.
+ * second, each host page sent whole as ZERO / RAW / ZLIB frames gathered
+ * into large writes; then END, then idle (PINGs) until the session ends,
+ * parked while a break waits for a resume. Also the reader's side of a
+ * request and the host-page encoder the urgent thread shares.
  */
 #include <assert.h>
 #include <errno.h>
+#include <stdio.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -22,12 +26,12 @@ static bool unsent_test(struct src_region *r, uint64_t p)
 }
 
 /*
- * Clear the unsent bit of host page p; returns whether it was set. Only the
- * sender clears bits, so a claimed page is sent exactly once; the reader only
- * reads them to skip requests for pages already sent.
+ * Clear the unsent bit of host page p; returns whether it was set. The
+ * sender and the urgent thread both claim, atomically, so pages_left drops
+ * exactly once per page; the reader only reads bits to skip requests for
+ * pages already sent. Sender or urgent thread.
  */
-static bool unsent_claim(struct pcopy_source *s, struct src_region *r,
-			 uint64_t p)
+bool src_claim(struct pcopy_source *s, struct src_region *r, uint64_t p)
 {
 	uint64_t bit = UINT64_C(1) << (p % 64);
 
@@ -35,8 +39,8 @@ static bool unsent_claim(struct pcopy_source *s, struct src_region *r,
 					memory_order_relaxed) & bit))
 		return false;
 	/* Counted at claim time, not after the send: the destination may
-	 * read the last page and send DONE before send_host_page returns,
-	 * and the reader must then find nothing left. */
+	 * read the last page and send DONE before the send returns, and the
+	 * reader must then find nothing left. */
 	atomic_fetch_sub_explicit(&s->pages_left, 1, memory_order_relaxed);
 	return true;
 }
@@ -110,36 +114,6 @@ int src_request(struct pcopy_source *s, const struct wire_req *rq)
 	return err;
 }
 
-/* One PAGE frame; payload (may be NULL) goes out without a copy. */
-static int send_frame(struct pcopy_source *s, uint8_t kind, unsigned ri,
-		      size_t off, uint32_t count, const void *payload,
-		      size_t len)
-{
-	struct wire_hdr h;
-	int err;
-
-	memset(&h, 0, sizeof(h));
-	h.magic = PCOPY_WIRE_MAGIC;
-	h.type = PCOPY_MSG_PAGE;
-	h.kind = kind;
-	h.region = ri;
-	h.count = count;
-	h.offset = off;
-	h.length = (uint32_t)len;
-	err = conn_send_msg(s->fd, &h, payload, len);
-	if (err)
-		return err;
-	SRC_STAT_ADD(s, bytes_wire, PCOPY_WIRE_HDR_SIZE + len);
-	SRC_STAT_ADD(s, bytes_payload, (uint64_t)count * TP);
-	if (kind == PCOPY_KIND_ZERO)
-		SRC_STAT_ADD(s, pages_zero, count);
-	else if (kind == PCOPY_KIND_RAW)
-		SRC_STAT_ADD(s, pages_raw, count);
-	else
-		SRC_STAT_ADD(s, pages_zlib, count);
-	return 0;
-}
-
 /* Pending runs of one host page: zeros carry over chunks, RAW data not. */
 struct run {
 	size_t zero_off, zero_n;	/* zero_n target pages from zero_off */
@@ -147,47 +121,54 @@ struct run {
 	const uint8_t *raw_data;
 };
 
-static int flush_zero(struct pcopy_source *s, unsigned ri, struct run *rn)
+static int flush_zero(struct src_tx *tx, unsigned ri, struct run *rn)
 {
 	int err = 0;
 
 	if (rn->zero_n)
-		err = send_frame(s, PCOPY_KIND_ZERO, ri, rn->zero_off,
-				 (uint32_t)rn->zero_n, NULL, 0);
+		err = src_tx_frame(tx, PCOPY_KIND_ZERO, ri, rn->zero_off,
+				   (uint32_t)rn->zero_n, NULL, 0);
 	rn->zero_n = 0;
 	return err;
 }
 
-static int flush_raw(struct pcopy_source *s, unsigned ri, struct run *rn)
+static int flush_raw(struct src_tx *tx, unsigned ri, struct run *rn)
 {
 	int err = 0;
 
 	if (rn->raw_n)
-		err = send_frame(s, PCOPY_KIND_RAW, ri, rn->raw_off,
-				 (uint32_t)rn->raw_n, rn->raw_data,
-				 rn->raw_n * TP);
+		err = src_tx_frame(tx, PCOPY_KIND_RAW, ri, rn->raw_off,
+				   (uint32_t)rn->raw_n, rn->raw_data,
+				   rn->raw_n * TP);
 	rn->raw_n = 0;
 	return err;
 }
 
-/* Classify and send one non-zero target page at off (data = its bytes). */
-static int page_data(struct pcopy_source *s, unsigned ri, struct run *rn,
+/* Classify and gather one non-zero target page at off (data = its bytes). */
+static int page_data(struct src_tx *tx, unsigned ri, struct run *rn,
 		     size_t off, const uint8_t *data)
 {
 	int err;
 
-	if ((err = flush_zero(s, ri, rn)))
+	if ((err = flush_zero(tx, ri, rn)))
 		return err;
-	if (s->zlib) {
-		long z = codec_zlib_compress(s->zlib, data, TP, s->zbuf, TP);
+	if (tx->zlib) {
+		long zn = codec_zlib_compress(tx->zlib, data, TP, tx->zbuf, TP);
+		uint8_t *z;
 
-		if (z < 0)
-			return (int)z;
-		if (z > 0) {
-			if ((err = flush_raw(s, ri, rn)))
+		if (zn < 0)
+			return (int)zn;
+		if (zn > 0) {
+			/* the RAW run before it goes first; the output moves
+			 * to the arena, where it lives until the flush */
+			if ((err = flush_raw(tx, ri, rn)))
 				return err;
-			return send_frame(s, PCOPY_KIND_ZLIB, ri, off, 1,
-					  s->zbuf, (size_t)z);
+			z = src_tx_arena(tx, (size_t)zn, &err);
+			if (!z)
+				return err;
+			memcpy(z, tx->zbuf, (size_t)zn);
+			return src_tx_frame(tx, PCOPY_KIND_ZLIB, ri, off, 1,
+					    z, (size_t)zn);
 		}
 		/* incompressible: joins the RAW run */
 	}
@@ -196,7 +177,7 @@ static int page_data(struct pcopy_source *s, unsigned ri, struct run *rn,
 		rn->raw_n++;
 		return 0;
 	}
-	if ((err = flush_raw(s, ri, rn)))
+	if ((err = flush_raw(tx, ri, rn)))
 		return err;
 	rn->raw_off = off;
 	rn->raw_n = 1;
@@ -204,18 +185,18 @@ static int page_data(struct pcopy_source *s, unsigned ri, struct run *rn,
 	return 0;
 }
 
-static int page_zero(struct pcopy_source *s, unsigned ri, struct run *rn,
+static int page_zero(struct src_tx *tx, unsigned ri, struct run *rn,
 		     size_t off)
 {
 	int err;
 
-	if ((err = flush_raw(s, ri, rn)))
+	if ((err = flush_raw(tx, ri, rn)))
 		return err;
 	if (rn->zero_n && rn->zero_off + rn->zero_n * TP == off) {
 		rn->zero_n++;
 		return 0;
 	}
-	if ((err = flush_zero(s, ri, rn)))
+	if ((err = flush_zero(tx, ri, rn)))
 		return err;
 	rn->zero_off = off;
 	rn->zero_n = 1;
@@ -223,14 +204,15 @@ static int page_zero(struct pcopy_source *s, unsigned ri, struct run *rn,
 }
 
 /*
- * Send host page p of region ri, already claimed: its target pages in order,
+ * Gather host page p of region ri into tx: its target pages in order,
  * consecutively, read in chunks of at most one batch (a 2 MiB host page of
  * a file region takes several window fills). Returns 0 or -errno; a send
  * error is returned for the caller to report, a read error has already
- * ended the session.
+ * ended the session. Sender or urgent thread (its own tx).
  */
-static int send_host_page(struct pcopy_source *s, unsigned ri, uint64_t p)
+int src_send_host_page(struct src_tx *tx, unsigned ri, uint64_t p)
 {
+	struct pcopy_source *s = tx->s;
 	struct src_region *r = &s->reg[ri];
 	size_t chunk = r->page_size < s->chunk ? r->page_size : s->chunk;
 	size_t base = (size_t)p * r->page_size, c, i;
@@ -239,9 +221,9 @@ static int send_host_page(struct pcopy_source *s, unsigned ri, uint64_t p)
 	int err;
 
 	for (c = 0; c < r->page_size; c += chunk) {
-		if (c && atomic_load_explicit(&s->over, memory_order_relaxed))
+		if (c && !src_live(s, tx->gen))
 			return -ECANCELED;
-		err = src_backend_view(s, ri, base + c, chunk, &v);
+		err = src_backend_view(s, tx, ri, base + c, chunk, &v);
 		if (err)
 			return err;
 		for (i = 0; i < chunk / TP; i++) {
@@ -252,19 +234,16 @@ static int send_host_page(struct pcopy_source *s, unsigned ri, uint64_t p)
 
 			zero = (v.hole && (v.hole[hb / 64] >> (hb % 64)) & 1) ||
 			       codec_is_zero(d, TP);
-			err = zero ? page_zero(s, ri, &rn, off)
-				   : page_data(s, ri, &rn, off, d);
+			err = zero ? page_zero(tx, ri, &rn, off)
+				   : page_data(tx, ri, &rn, off, d);
 			if (err)
 				return err;
 		}
-		/* the window may be refilled for the next chunk */
-		if ((err = flush_raw(s, ri, &rn)))
+		/* RAW runs end at a chunk: the window may be refilled */
+		if ((err = flush_raw(tx, ri, &rn)))
 			return err;
 	}
-	if ((err = flush_zero(s, ri, &rn)))
-		return err;
-	SRC_STAT_ADD(s, host_pages_sent, 1);
-	return 0;
+	return flush_zero(tx, ri, &rn);
 }
 
 /* Background cursor: region index and host page. */
@@ -317,79 +296,246 @@ static bool next_unsent(struct pcopy_source *s, struct cursor *cur)
 	return false;
 }
 
-/* Report a send/encode error unless the session is already over. */
-static void send_failed(struct pcopy_source *s, int err)
+static uint64_t pages_left(struct pcopy_source *s)
 {
-	if (err == -ECANCELED && atomic_load(&s->over))
-		return;
-	if (err == -EPIPE || err == -ECONNRESET)
-		src_end(s, err, false, "sending to the destination: %s",
-			strerror(-err));
-	else
-		src_end(s, err, true, "sending pages: %s", strerror(-err));
+	return atomic_load_explicit(&s->pages_left, memory_order_relaxed);
 }
 
-/* Serve the whole queue. Returns 0 or -errno (session already ended). */
-static int serve_requests(struct pcopy_source *s, struct cursor *cur)
+/* Gather one queued host page g unless it was sent since it was queued. */
+static int serve_one(struct pcopy_source *s, struct src_tx *tx,
+		     struct cursor *cur, uint64_t g)
 {
+	unsigned ri = region_of(s, g);
+	uint64_t p = g - s->reg[ri].first;
+	int err;
+
+	if (!src_claim(s, &s->reg[ri], p)) {
+		SRC_STAT_ADD(s, duplicates, 1);
+		return 0;
+	}
+	err = src_send_host_page(tx, ri, p);
+	if (err)
+		return err;
+	SRC_STAT_ADD(s, requests, 1);
+	SRC_STAT_ADD(s, host_pages_sent, 1);
+	/* faults cluster: the scan goes on right after it */
+	cursor_after(s, cur, ri, p);
+	return 0;
+}
+
+/* Serve the whole queue (first: an entry already taken, or UINT64_MAX),
+ * then send at once. Returns 0 or -errno. */
+static int serve_requests(struct pcopy_source *s, struct src_tx *tx,
+			  struct cursor *cur, uint64_t first)
+{
+	bool any = first != UINT64_MAX;
 	uint64_t g;
 	int err;
 
-	while (!atomic_load_explicit(&s->over, memory_order_relaxed) &&
-	       src_queue_pop(&s->q, &g)) {
-		unsigned ri = region_of(s, g);
-		uint64_t p = g - s->reg[ri].first;
+	if (any && (err = serve_one(s, tx, cur, first)))
+		return err;
+	while (src_live(s, tx->gen) && src_queue_pop(&s->q, &g)) {
+		any = true;
+		err = serve_one(s, tx, cur, g);
+		if (err)
+			return err;
+	}
+	return any ? src_tx_flush(tx) : 0;
+}
 
-		if (!unsent_claim(s, &s->reg[ri], p)) {
-			/* sent by the scan since it was queued */
+/*
+ * Idle on the main connection: wait for a request, sending a PING whenever
+ * nothing went out for a third of the keepalive (unless `quiet`: the
+ * connection already failed a write and the reader will judge it). Returns
+ * 1 with *g set, 0 when the queue was closed (break or end), or -errno of a
+ * failed PING.
+ */
+static int idle_wait(struct pcopy_source *s, struct src_tx *tx, uint64_t *g,
+		     bool quiet)
+{
+	for (;;) {
+		uint64_t deadline = 0;
+		int r;
+
+		if (s->keepalive_ns && !quiet)
+			deadline = tx->last_tx_ns + s->keepalive_ns / 3;
+		r = src_queue_wait_pop(&s->q, g, deadline);
+		if (r != -ETIMEDOUT)
+			return r;
+		if (!src_live(s, tx->gen))
+			return 0;
+		r = src_tx_simple(tx, PCOPY_MSG_PING);
+		if (r)
+			return r;
+	}
+}
+
+/* Wait (on the handle's condvar) until generation gen is no longer live. */
+static void wait_not_live(struct pcopy_source *s, uint64_t gen)
+{
+	pthread_mutex_lock(&s->lock);
+	while (src_live(s, gen))
+		pthread_cond_wait(&s->cond, &s->lock);
+	pthread_mutex_unlock(&s->lock);
+}
+
+/*
+ * Send END, then idle until the generation ends: whatever is still queued
+ * was sent since (a duplicate). A destination that has every page may send
+ * DONE and close before reading END, so a broken pipe here is left for the
+ * reader to judge (DONE -> success, EOF without DONE -> a break).
+ */
+static int finish(struct src_tx *tx)
+{
+	struct pcopy_source *s = tx->s;
+	bool quiet = false;
+	uint64_t g;
+	int err;
+
+	err = src_tx_flush(tx);
+	if (err)
+		return err;
+	/* counted before END, so the stats are final when DONE comes back */
+	while (src_queue_pop(&s->q, &g))
+		SRC_STAT_ADD(s, duplicates, 1);
+	err = src_tx_simple(tx, PCOPY_MSG_END);
+	if (err && err != -EPIPE && err != -ECONNRESET)
+		return err;
+	quiet = err != 0;
+	for (;;) {
+		err = idle_wait(s, tx, &g, quiet);
+		if (err == 1) {
+			/* a later resume would bring it back as unsent */
 			SRC_STAT_ADD(s, duplicates, 1);
 			continue;
 		}
-		err = send_host_page(s, ri, p);
+		if (err == 0)
+			return 0;
+		if (err != -EPIPE && err != -ECONNRESET)
+			return err;
+		quiet = true;
+	}
+}
+
+/*
+ * One generation of the main connection: requests first, then background
+ * batches of at most s->batch bytes (the queue is checked between host
+ * pages), gathered into writes of up to SRC_TX_BYTES; then END and idle.
+ * Returns 0 when the generation ended (break or end of session), or -errno.
+ */
+static int stream(struct pcopy_source *s, struct src_tx *tx)
+{
+	bool nobg = s->opts.flags & PCOPY_SOURCE_NO_BACKGROUND;
+	struct cursor cur = { 0, 0 };
+	unsigned misses = 0;
+	uint64_t g;
+	int err;
+
+	while (src_live(s, tx->gen)) {
+		size_t budget = s->batch;
+
+		err = serve_requests(s, tx, &cur, UINT64_MAX);
 		if (err)
 			return err;
-		SRC_STAT_ADD(s, requests, 1);
-		/* faults cluster: the scan goes on right after it */
-		cursor_after(s, cur, ri, p);
+		if (!pages_left(s))
+			return finish(tx);
+		if (nobg) {
+			/* only what is asked for: idle until it is */
+			err = idle_wait(s, tx, &g, false);
+			if (err == 1)
+				err = serve_requests(s, tx, &cur, g);
+			if (err < 0)
+				return err;
+			continue;
+		}
+		while (src_live(s, tx->gen)) {
+			unsigned ri;
+			uint64_t p;
+
+			if (!next_unsent(s, &cur)) {
+				/* the urgent thread claimed the last pages
+				 * and is about to count them: pages_left
+				 * drops right after the bit */
+				if (++misses > 1000000) {
+					assert(!"unsent bitmap and pages_left disagree");
+					return -EFAULT;
+				}
+				sched_yield();
+				break;
+			}
+			misses = 0;
+			ri = cur.ri;
+			p = cur.p;
+			cursor_after(s, &cur, ri, p);
+			if (!src_claim(s, &s->reg[ri], p))
+				continue;	/* the urgent thread has it */
+			err = src_send_host_page(tx, ri, p);
+			if (err)
+				return err;
+			SRC_STAT_ADD(s, host_pages_sent, 1);
+			if (budget <= s->reg[ri].page_size ||
+			    src_queue_nonempty(&s->q) || !pages_left(s))
+				break;
+			budget -= s->reg[ri].page_size;
+		}
 	}
 	return 0;
 }
 
-/* Send END, then sleep until the session ends. */
-static void finish(struct pcopy_source *s)
+/*
+ * Park until a connection of a new generation is live: returns true with
+ * tx->fd / tx->gen set, or false once the session is over. While paused,
+ * this is also where the resume deadline expires.
+ */
+static bool next_conn(struct pcopy_source *s, struct src_tx *tx)
 {
-	struct wire_hdr h;
-	uint64_t g;
-	int err;
+	char why[PCOPY_ERRMSG_MAX];
+	struct timespec ts;
+	uint64_t until;
 
-	/* Entries still queued are for pages sent since: count them before
-	 * END, so the stats are final by the time DONE can come back. */
-	while (src_queue_pop(&s->q, &g))
-		SRC_STAT_ADD(s, duplicates, 1);
-	memset(&h, 0, sizeof(h));
-	h.magic = PCOPY_WIRE_MAGIC;
-	h.type = PCOPY_MSG_END;
-	/* Counted first: the destination may answer DONE, and the caller
-	 * read the stats, before conn_send_msg even returns here. */
-	SRC_STAT_ADD(s, bytes_wire, PCOPY_WIRE_HDR_SIZE);
-	err = conn_send_msg(s->fd, &h, NULL, 0);
-	if (err)
-		atomic_fetch_sub_explicit(&s->st.bytes_wire, PCOPY_WIRE_HDR_SIZE,
-					  memory_order_relaxed);
-	if (err && err != -EPIPE && err != -ECONNRESET)
-		send_failed(s, err);
-	/* A destination that has every page may send DONE and close before
-	 * reading END, so a broken pipe here is left for the reader to judge
-	 * (DONE -> success, EOF without DONE -> failure). */
-	while (src_queue_wait_pop(&s->q, &g)) {
-		/* everything is sent: whatever was still queued is a
-		 * duplicate */
-		SRC_STAT_ADD(s, duplicates, 1);
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		if (atomic_load(&s->over))
+			break;
+		if (s->state == SRC_RUNNING && s->gen != tx->gen &&
+		    !s->resuming) {
+			tx->gen = s->gen;
+			tx->fd = s->main.fd;
+			s->sender_parked = false;
+			pthread_mutex_unlock(&s->lock);
+			return true;
+		}
+		if (!s->sender_parked) {
+			s->sender_parked = true;
+			pthread_cond_broadcast(&s->cond);
+		}
+		if (s->state != SRC_PAUSED || s->deadline_ns == UINT64_MAX) {
+			pthread_cond_wait(&s->cond, &s->lock);
+			continue;
+		}
+		until = s->t_pause + s->deadline_ns;
+		if (pcopy_now_ns() >= until) {
+			snprintf(why, sizeof(why), "%s", s->break_msg);
+			pthread_mutex_unlock(&s->lock);
+			src_end(s, -ETIMEDOUT, false,
+				"the destination did not resume within %llu ms after the connection broke (%s)",
+				(unsigned long long)(s->deadline_ns / 1000000),
+				why);
+			pthread_mutex_lock(&s->lock);
+			continue;
+		}
+		ts.tv_sec = (time_t)(until / 1000000000ull);
+		ts.tv_nsec = (long)(until % 1000000000ull);
+		pthread_cond_timedwait(&s->cond, &s->lock, &ts);
 	}
+	s->sender_parked = true;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	return false;
 }
 
 /* Tell the destination why the session failed, if nobody has yet. */
-static void notify_peer(struct pcopy_source *s)
+static void notify_peer(struct pcopy_source *s, int fd)
 {
 	char msg[PCOPY_ERRMSG_MAX];
 	bool notify;
@@ -399,72 +545,48 @@ static void notify_peer(struct pcopy_source *s)
 	notify = s->state == SRC_FAILED && s->notify_peer;
 	s->notify_peer = false;
 	pthread_mutex_unlock(&s->lock);
-	if (!notify)
+	if (!notify || fd < 0)
 		return;
 	pthread_mutex_lock(&s->es.lock);
 	err = s->es.err;
 	memcpy(msg, s->es.msg, sizeof(msg));
 	pthread_mutex_unlock(&s->es.lock);
 	msg[sizeof(msg) - 1] = '\0';
-	conn_send_error(s->fd, err < 0 ? -err : EPROTO, msg);
+	conn_send_error(fd, err < 0 ? -err : EPROTO, msg);
 }
 
 /*
- * The sender thread: until every host page is sent, serve the request queue,
- * then one background batch of at most s->batch bytes, checking the queue
- * between host pages. Then END, then wait. Returns NULL. Sender thread.
+ * The sender thread: for each live generation of the main connection, run
+ * stream(); park between generations (no connection: no spinning). A write
+ * that finds the peer gone is left to the reader, which sees the same EOF
+ * after any DONE the destination sent; other errors break the connection.
+ * Returns NULL. Sender thread.
  */
 void *src_sender_main(void *arg)
 {
 	struct pcopy_source *s = arg;
-	struct cursor cur = { 0, 0 };
-	int err = 0;
+	struct src_tx *tx = s->tx;
+	int err;
 
-	while (!atomic_load_explicit(&s->over, memory_order_relaxed)) {
-		size_t budget = s->batch;
-
-		err = serve_requests(s, &cur);
-		if (err)
-			break;
-		if (!atomic_load_explicit(&s->pages_left, memory_order_relaxed)) {
-			finish(s);
-			break;
-		}
-		while (!atomic_load_explicit(&s->over, memory_order_relaxed)) {
-			unsigned ri;
-			uint64_t p;
-			size_t ps;
-
-			if (!next_unsent(s, &cur)) {
-				/* pages_left > 0 with no unsent bit: only the
-				 * sender changes either, so this cannot be */
-				assert(!"unsent bitmap and pages_left disagree");
-				err = -EFAULT;
-				break;
-			}
-			ri = cur.ri;
-			p = cur.p;
-			ps = s->reg[ri].page_size;
-
-			unsent_claim(s, &s->reg[ri], p);
-			err = send_host_page(s, ri, p);
-			if (err)
-				break;
-			cursor_after(s, &cur, ri, p);
-			if (budget <= ps || src_queue_nonempty(&s->q) ||
-			    !atomic_load_explicit(&s->pages_left,
-						  memory_order_relaxed))
-				break;
-			budget -= ps;
-		}
-		if (err)
-			break;
+	while (next_conn(s, tx)) {
+		src_tx_drop(tx);
+		tx->last_tx_ns = pcopy_now_ns();
+		err = stream(s, tx);
+		if (err == -EPIPE || err == -ECONNRESET)
+			wait_not_live(s, tx->gen);
+		else if (err && err != -ECANCELED)
+			src_break(s, tx->gen, err, false,
+				  "sending pages: %s", strerror(-err));
+		else if (err)
+			wait_not_live(s, tx->gen);
 	}
-	if (err)
-		send_failed(s, err);
-	notify_peer(s);
+	pthread_mutex_lock(&s->lock);
+	err = s->main.fd;
+	pthread_mutex_unlock(&s->lock);
+	notify_peer(s, err);
 	/* The session is over: let the destination see EOF now rather than
-	 * at destroy (the reader is stopping too; fd stays open until then). */
-	shutdown(s->fd, SHUT_RDWR);
+	 * at destroy (the fd stays open until then). */
+	if (err >= 0)
+		shutdown(err, SHUT_RDWR);
 	return NULL;
 }

@@ -10,8 +10,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <zlib.h>
 
+#include "crc32c.h"
 #include "postcopy.h"
 #include "wire.h"
 
@@ -20,6 +20,13 @@
 #define HELLO_MAX_SIZE	(HELLO_FIXED_SIZE + \
 			 PCOPY_REGIONS_MAX * (HELLO_REGION_FIXED + PCOPY_NAME_MAX))
 #define ERROR_MIN_SIZE	4u
+#define AUTH_PAYLOAD_SIZE	32u	/* nonce or HMAC-SHA256 proof */
+
+/* Payload bytes of a RECV_BITMAP covering count host pages. */
+static uint32_t bitmap_bytes(uint32_t count)
+{
+	return count / 8u + (count % 8u != 0);
+}
 
 /* ---- little-endian helpers ---- */
 
@@ -95,6 +102,7 @@ static const char *type_name(unsigned t)
 	case PCOPY_MSG_ERROR: return "ERROR";
 	case PCOPY_MSG_RECV_BITMAP: return "RECV_BITMAP";
 	case PCOPY_MSG_PING: return "PING";
+	case PCOPY_MSG_AUTH: return "AUTH";
 	default: return "unknown";
 	}
 }
@@ -116,6 +124,28 @@ void wire_hdr_encode(uint8_t out[PCOPY_WIRE_HDR_SIZE], const struct wire_hdr *h)
 }
 
 /*
+ * RECV_BITMAP: region and offset (a host page index) are checked against the
+ * region table by wire_bitmap_apply; alone, a header can check the kind, the
+ * count bounds and that the payload is exactly ceil(count / 8) bytes.
+ */
+static int hdr_check_bitmap(const struct wire_hdr *h, char *err, size_t errlen)
+{
+	if (h->kind != 0)
+		return fail(-EPROTO, err, errlen, "RECV_BITMAP: kind %u, want 0",
+			    h->kind);
+	if (h->count == 0 || h->count > PCOPY_BITMAP_MAX_BITS)
+		return fail(-EPROTO, err, errlen,
+			    "RECV_BITMAP: count %" PRIu32 " host pages, want "
+			    "1..%u", h->count, PCOPY_BITMAP_MAX_BITS);
+	if (h->length != bitmap_bytes(h->count))
+		return fail(-EPROTO, err, errlen,
+			    "RECV_BITMAP: length %" PRIu32 ", want %" PRIu32
+			    " for %" PRIu32 " host pages", h->length,
+			    bitmap_bytes(h->count), h->count);
+	return 0;
+}
+
+/*
  * Per-type checks of the fields a header carries alone. Fields a type does
  * not use must be 0, so that a later protocol version can give them a meaning
  * without an old peer misreading them.
@@ -130,9 +160,18 @@ static int hdr_check_type(const struct wire_hdr *h, char *err, size_t errlen)
 				    "PAGE: unknown kind %u", h->kind);
 		return 0;
 	}
-	if (h->kind != 0)
+	if (h->type == PCOPY_MSG_RECV_BITMAP)
+		return hdr_check_bitmap(h, err, errlen);
+	if (h->type == PCOPY_MSG_AUTH) {
+		if (h->kind != PCOPY_AUTH_NONCE && h->kind != PCOPY_AUTH_PROOF)
+			return fail(-EPROTO, err, errlen,
+				    "AUTH: unknown kind %u, want %u (NONCE) or "
+				    "%u (PROOF)", h->kind, PCOPY_AUTH_NONCE,
+				    PCOPY_AUTH_PROOF);
+	} else if (h->kind != 0) {
 		return fail(-EPROTO, err, errlen, "%s: kind %u, want 0",
 			    tn, h->kind);
+	}
 	if (h->region != 0)
 		return fail(-EPROTO, err, errlen, "%s: region %" PRIu32 ", want 0",
 			    tn, h->region);
@@ -161,8 +200,15 @@ static int hdr_check_type(const struct wire_hdr *h, char *err, size_t errlen)
 				    "HELLO: length %" PRIu32 ", want %u..%u",
 				    h->length, HELLO_FIXED_SIZE, HELLO_MAX_SIZE);
 		break;
+	case PCOPY_MSG_AUTH:
+		if (h->length != AUTH_PAYLOAD_SIZE)
+			return fail(-EPROTO, err, errlen,
+				    "AUTH: length %" PRIu32 ", want %u",
+				    h->length, AUTH_PAYLOAD_SIZE);
+		break;
 	case PCOPY_MSG_END:
 	case PCOPY_MSG_DONE:
+	case PCOPY_MSG_PING:
 		if (h->length != 0)
 			return fail(-EPROTO, err, errlen,
 				    "%s: length %" PRIu32 ", want 0", tn, h->length);
@@ -201,11 +247,6 @@ int wire_hdr_decode(const uint8_t in[PCOPY_WIRE_HDR_SIZE], struct wire_hdr *h,
 		return fail(-EPROTO, err, errlen,
 			    "header: bad magic 0x%08" PRIx32 " (want 0x%08x)",
 			    h->magic, PCOPY_WIRE_MAGIC);
-	if (h->type == PCOPY_MSG_RECV_BITMAP || h->type == PCOPY_MSG_PING)
-		return fail(-EPROTO, err, errlen,
-			    "header: message type %u (%s) is reserved, not "
-			    "supported by this version", h->type,
-			    type_name(h->type));
 	if (h->type < PCOPY_MSG_HELLO || h->type > PCOPY_MSG_TYPE_MAX)
 		return fail(-EPROTO, err, errlen,
 			    "header: unknown message type %u", h->type);
@@ -220,20 +261,21 @@ int wire_hdr_decode(const uint8_t in[PCOPY_WIRE_HDR_SIZE], struct wire_hdr *h,
 	return hdr_check_type(h, err, errlen);
 }
 
-/* crc32 of the header with its crc field zeroed, then the payload. Any thread. */
+/*
+ * CRC-32C of the header with its crc field zeroed, then the payload (the
+ * SSE4.2 instruction where present: ~0.04 s per GiB instead of zlib crc32's
+ * ~0.3 s, on each side). Any thread.
+ */
 uint32_t wire_crc(const uint8_t hdr[PCOPY_WIRE_HDR_SIZE], const void *payload,
 		  size_t len)
 {
 	uint8_t tmp[PCOPY_WIRE_HDR_SIZE];
-	uLong c;
+	uint32_t c;
 
 	memcpy(tmp, hdr, sizeof(tmp));
 	memset(tmp + 28, 0, 4);
-	c = crc32(0L, Z_NULL, 0);
-	c = crc32(c, tmp, sizeof(tmp));
-	if (len)
-		c = crc32_z(c, payload, len);
-	return (uint32_t)c;
+	c = pcopy_crc32c(0, tmp, sizeof(tmp));
+	return pcopy_crc32c(c, payload, len);
 }
 
 /* Fill h->crc for this header and payload, then encode into out. Any thread. */
@@ -641,4 +683,171 @@ int wire_error_decode(const uint8_t *buf, size_t len, int *errnum,
 	}
 	text[tl] = '\0';
 	return 0;
+}
+
+/* ---- RECV_BITMAP ---- */
+
+/* Host pages of region r of a validated table (length is a non-zero multiple
+ * of host_page, host_page a power of two >= 4096). */
+static uint64_t region_pages(const struct wire_region *r)
+{
+	return r->host_page ? r->length / r->host_page : 0;
+}
+
+/*
+ * Store the k (1..8) low bits of v at bit position pos of the word array w,
+ * replacing what was there. The bits may straddle two words.
+ */
+static void bits_store(uint64_t *w, uint64_t pos, unsigned v, unsigned k)
+{
+	uint64_t mask = (1ull << k) - 1, val = (uint64_t)v & mask;
+	uint64_t *p = &w[pos / 64];
+	unsigned s = (unsigned)(pos % 64);
+
+	p[0] = (p[0] & ~(mask << s)) | (val << s);
+	if (s + k > 64) {
+		unsigned lo = 64 - s;	/* bits that went into p[0] */
+
+		p[1] = (p[1] & ~(mask >> lo)) | (val >> lo);
+	}
+}
+
+/* The k (1..8) bits at bit position pos of the word array w. */
+static unsigned bits_load(const uint64_t *w, uint64_t pos, unsigned k)
+{
+	const uint64_t *p = &w[pos / 64];
+	unsigned s = (unsigned)(pos % 64);
+	uint64_t v = p[0] >> s;
+
+	if (s + k > 64)
+		v |= p[1] << (64 - s);
+	return (unsigned)(v & ((1ull << k) - 1));
+}
+
+/*
+ * Check one RECV_BITMAP message against the region table and the expected
+ * position, then copy its bits into bits[region] (bits or bits[region] may be
+ * NULL: validate only). The position moves only on success. Returns 1 when
+ * the last host page of the last region is covered, 0 if more must follow, or
+ * -EPROTO with a message. Source's connection thread (resume handshake).
+ */
+int wire_bitmap_apply(const struct wire_hdr *h, const uint8_t *payload,
+		      const struct wire_region *tab, unsigned n,
+		      uint32_t *next_region, uint64_t *next_page,
+		      uint64_t *const *bits, char *err, size_t errlen)
+{
+	char nm[PCOPY_NAME_MAX + 1];
+	uint64_t pages, left, pos;
+	uint32_t i, nbytes;
+	unsigned tail;
+	int ret;
+
+	if (h->type != PCOPY_MSG_RECV_BITMAP)
+		return fail(-EPROTO, err, errlen,
+			    "RECV_BITMAP: got message type %u (%s)", h->type,
+			    type_name(h->type));
+	/* Repeat the header checks: callers may come here without decode. */
+	if (h->flags != 0)
+		return fail(-EPROTO, err, errlen,
+			    "RECV_BITMAP: unknown flags 0x%04x", h->flags);
+	ret = hdr_check_bitmap(h, err, errlen);
+	if (ret)
+		return ret;
+	if (*next_region >= n)
+		return fail(-EPROTO, err, errlen,
+			    "RECV_BITMAP: region %" PRIu32 " offset %" PRIu64
+			    " after the bitmap was already complete", h->region,
+			    h->offset);
+	if (h->region != *next_region)
+		return fail(-EPROTO, err, errlen,
+			    "RECV_BITMAP: region %" PRIu32 ", want region %"
+			    PRIu32 " (regions in order, each covered completely)",
+			    h->region, *next_region);
+	if (h->offset > *next_page)
+		return fail(-EPROTO, err, errlen,
+			    "RECV_BITMAP: gap: region %" PRIu32 " offset %"
+			    PRIu64 ", want host page %" PRIu64, h->region,
+			    h->offset, *next_page);
+	if (h->offset < *next_page)
+		return fail(-EPROTO, err, errlen,
+			    "RECV_BITMAP: overlap: region %" PRIu32 " offset %"
+			    PRIu64 ", host pages up to %" PRIu64 " already "
+			    "covered", h->region, h->offset, *next_page);
+	pages = region_pages(&tab[h->region]);
+	if (*next_page >= pages)	/* only a caller's bad state gets here */
+		return fail(-EPROTO, err, errlen,
+			    "RECV_BITMAP: region %" PRIu32 " position %" PRIu64
+			    " outside its %" PRIu64 " host pages", h->region,
+			    *next_page, pages);
+	left = pages - *next_page;
+	if (h->count > left)
+		return fail(-EPROTO, err, errlen,
+			    "RECV_BITMAP: offset %" PRIu64 " + %" PRIu32
+			    " host pages past the end of region %" PRIu32
+			    " '%s' (%" PRIu64 " host pages)", h->offset,
+			    h->count, h->region,
+			    safe_name(tab[h->region].name, nm), pages);
+	nbytes = bitmap_bytes(h->count);
+	tail = h->count % 8u;
+	if (tail && (payload[nbytes - 1] >> tail))
+		return fail(-EPROTO, err, errlen,
+			    "RECV_BITMAP: stray bits in the last byte 0x%02x "
+			    "(only its low %u bits are host pages)",
+			    payload[nbytes - 1], tail);
+
+	if (bits && bits[h->region]) {
+		pos = h->offset;
+		for (i = 0; i < nbytes; i++, pos += 8) {
+			unsigned k = (i + 1 < nbytes || !tail) ? 8 : tail;
+
+			bits_store(bits[h->region], pos, payload[i], k);
+		}
+	}
+	*next_page += h->count;
+	if (*next_page == pages) {
+		/* Every region has at least one host page, so a new position
+		 * always has next_page < pages. */
+		(*next_region)++;
+		*next_page = 0;
+	}
+	return *next_region == n ? 1 : 0;
+}
+
+/*
+ * Fill h and payload with the bits of host pages first .. of region `region`
+ * (nbits host pages in the region), as many as fit in cap bytes and
+ * PCOPY_BITMAP_MAX_BITS. Returns the payload length (h->count host pages,
+ * h->offset = first), -ENOSPC if cap is 0, -EINVAL if first >= nbits. The
+ * caller sends with conn_send_msg (which seals the header). Any thread.
+ */
+int wire_bitmap_encode(uint32_t region, const uint64_t *bits, uint64_t nbits,
+		       uint64_t first, struct wire_hdr *h, uint8_t *payload,
+		       size_t cap)
+{
+	uint64_t count = nbits - first, i, pos;
+	uint32_t nbytes;
+
+	if (first >= nbits)
+		return -EINVAL;
+	if (cap == 0)
+		return -ENOSPC;
+	if (count > PCOPY_BITMAP_MAX_BITS)
+		count = PCOPY_BITMAP_MAX_BITS;
+	if (count / 8 > cap || (count / 8 == cap && count % 8))
+		count = (uint64_t)cap * 8;	/* cap < 2^61 here */
+	nbytes = bitmap_bytes((uint32_t)count);
+	for (i = 0, pos = first; i < nbytes; i++, pos += 8) {
+		unsigned k = (i + 1 < nbytes || count % 8 == 0) ?
+			     8 : (unsigned)(count % 8);
+
+		payload[i] = (uint8_t)bits_load(bits, pos, k);
+	}
+	memset(h, 0, sizeof(*h));
+	h->magic = PCOPY_WIRE_MAGIC;
+	h->type = PCOPY_MSG_RECV_BITMAP;
+	h->region = region;
+	h->count = (uint32_t)count;
+	h->offset = first;
+	h->length = nbytes;
+	return (int)nbytes;
 }

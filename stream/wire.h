@@ -15,7 +15,8 @@
  *   12   4   count    PAGE: target pages covered; REQ: entries; else 0
  *   16   8   offset   PAGE: byte offset in the region; else 0
  *   24   4   length   payload bytes that follow (<= PCOPY_WIRE_PAYLOAD_MAX)
- *   28   4   crc      crc32 (zlib) of the header with crc = 0, then payload
+ *   28   4   crc      CRC-32C (Castagnoli) of the header with crc = 0,
+ *                     then the payload (stream/crc32c.h)
  */
 #ifndef PCOPY_STREAM_WIRE_H
 #define PCOPY_STREAM_WIRE_H
@@ -155,7 +156,8 @@ void wire_hdr_encode(uint8_t out[PCOPY_WIRE_HDR_SIZE], const struct wire_hdr *h)
 int wire_hdr_decode(const uint8_t in[PCOPY_WIRE_HDR_SIZE], struct wire_hdr *h,
 		    char *err, size_t errlen);
 
-/* crc of a message: header bytes with the crc field zeroed, then payload. */
+/* CRC-32C of a message: header bytes with the crc field zeroed, then
+ * payload. */
 uint32_t wire_crc(const uint8_t hdr[PCOPY_WIRE_HDR_SIZE], const void *payload,
 		  size_t len);
 

@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The PSK challenge-response primitives (stream/auth.c): HMAC-SHA256 through
- * AF_ALG against the RFC 4231 vectors, proofs that verify only with the right
- * key, roles, nonces and binding, and a clean -EAFNOSUPPORT when the kernel
- * refuses AF_ALG (simulated with a seccomp filter in a child process); the
- * SO_PEERCRED uid check.
+ * The PSK challenge-response primitives (stream/auth.c, stream/sha256.c):
+ * SHA-256 against the FIPS 180-4 examples, the built-in HMAC-SHA256 against
+ * the RFC 4231 vectors (always run), the kernel's AF_ALG variant against the
+ * same vectors where the kernel has it (skipped honestly otherwise), proofs
+ * that verify only with the right key, roles, nonces and binding, a clean
+ * -EAFNOSUPPORT from the AF_ALG variant when the kernel refuses it (seccomp
+ * in a child) while the built-in keeps working there; the SO_PEERCRED check.
  */
 #include <arpa/inet.h>
 #include <check.h>
@@ -26,6 +28,7 @@
 #include <linux/seccomp.h>
 
 #include "auth.h"
+#include "sha256.h"
 #include "wire.h"
 
 /* ---- AF_ALG availability: probed once per test, skipped honestly ---- */
@@ -35,7 +38,8 @@ static int alg_missing(const char *test)
 	static const struct iovec iov = { (void *)"x", 1 };
 	uint8_t mac[PCOPY_AUTH_MAC_SIZE];
 	char err[256] = "";
-	int ret = auth_hmac_sha256("k", 1, &iov, 1, mac, err, sizeof(err));
+	int ret = auth_hmac_sha256_kernel("k", 1, &iov, 1, mac, err,
+					  sizeof(err));
 
 	if (ret == -EAFNOSUPPORT) {
 		printf("SKIP %s: %s\n", test, err);
@@ -92,8 +96,9 @@ static const struct kat kats[] = {
 
 #define NKATS (sizeof(kats) / sizeof(kats[0]))
 
-/* Loop index i: vector i % NKATS, sent in one piece (i < NKATS) or split
- * into three iovec pieces (the kernel must hash the concatenation). */
+/* Loop index i: vector i % NKATS; i / NKATS: 0 built-in in one piece, 1
+ * built-in split into three iovec pieces (one empty), 2 the AF_ALG variant
+ * split the same way (skipped where the kernel has no AF_ALG). */
 START_TEST(test_rfc4231)
 {
 	const struct kat *k = &kats[_i % NKATS];
@@ -101,9 +106,13 @@ START_TEST(test_rfc4231)
 	struct iovec iov[3];
 	char err[256] = "";
 	size_t dlen, i;
-	int n, ret;
+	int n, ret, kernel = _i >= 2 * (int)NKATS;
+	int (*mac_fn)(const void *, size_t, const struct iovec *, int,
+		      uint8_t *, char *, size_t) =
+		kernel ? auth_hmac_sha256_kernel : auth_hmac_sha256;
 
-	REQUIRE_ALG("test_rfc4231");
+	if (kernel)
+		REQUIRE_ALG("test_rfc4231 (AF_ALG variant)");
 	for (i = 0; i < k->key_len; i++)
 		key[i] = k->key_byte == 0x01 ? (uint8_t)(i + 1) : k->key_byte;
 	if (k->key_byte == 0)
@@ -117,7 +126,7 @@ START_TEST(test_rfc4231)
 	}
 	unhex(k->mac, want);
 
-	if (_i < (int)NKATS) {
+	if (_i < (int)NKATS) {	/* whole */
 		iov[0] = (struct iovec){ data, dlen };
 		n = 1;
 	} else {
@@ -127,15 +136,94 @@ START_TEST(test_rfc4231)
 		n = 3;
 	}
 	memset(mac, 0, sizeof(mac));
-	ret = auth_hmac_sha256(key, k->key_len, iov, n, mac, err, sizeof(err));
+	ret = mac_fn(key, k->key_len, iov, n, mac, err, sizeof(err));
 	ck_assert_msg(ret == 0, "vector %d: %d %s", _i, ret, err);
 	ck_assert_msg(memcmp(mac, want, 32) == 0, "vector %d: wrong MAC", _i);
 
 	/* A different key gives a different MAC (the key is really used). */
 	key[0] ^= 0x01;
-	ret = auth_hmac_sha256(key, k->key_len, iov, n, mac, err, sizeof(err));
+	ret = mac_fn(key, k->key_len, iov, n, mac, err, sizeof(err));
 	ck_assert_int_eq(ret, 0);
 	ck_assert(memcmp(mac, want, 32) != 0);
+}
+END_TEST
+
+/* ---- SHA-256: FIPS 180-4 / NIST example vectors ---- */
+
+static void hexcmp(const uint8_t *got, const char *hex, const char *what)
+{
+	uint8_t want[32];
+
+	unhex(hex, want);
+	ck_assert_msg(memcmp(got, want, 32) == 0, "%s: wrong digest", what);
+}
+
+START_TEST(test_sha256_vectors)
+{
+	static const char m448[] =
+		"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+	static const char m896[] =
+		"abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmn"
+		"hijklmnoijklmnopjklmnopqklmnopqrlmnopqrsmnopqrstnopqrstu";
+	struct pcopy_sha256 c;
+	uint8_t d[32], chunk[1000];
+	size_t len, cut;
+	unsigned i;
+
+	pcopy_sha256("abc", 3, d);
+	hexcmp(d, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+	       "abc");
+	pcopy_sha256(NULL, 0, d);
+	hexcmp(d, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+	       "empty");
+	pcopy_sha256(m448, strlen(m448), d);
+	hexcmp(d, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+	       "448 bits");
+	pcopy_sha256(m896, strlen(m896), d);
+	hexcmp(d, "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1",
+	       "896 bits");
+	/* One million 'a', fed in pieces of 1000. */
+	memset(chunk, 'a', sizeof(chunk));
+	pcopy_sha256_init(&c);
+	for (i = 0; i < 1000; i++)
+		pcopy_sha256_update(&c, chunk, sizeof(chunk));
+	pcopy_sha256_final(&c, d);
+	hexcmp(d, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0",
+	       "million a");
+	/* Every split of the 896-bit message (block and padding edges). */
+	len = strlen(m896);
+	for (cut = 0; cut <= len; cut++) {
+		pcopy_sha256_init(&c);
+		pcopy_sha256_update(&c, m896, cut);
+		pcopy_sha256_update(&c, m896 + cut, len - cut);
+		pcopy_sha256_final(&c, d);
+		hexcmp(d, "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51"
+		       "afac45037afee9d1", "896 bits split");
+	}
+}
+END_TEST
+
+/* Lengths 0..200 around the padding boundaries (55, 56, 63, 64, 119, 120):
+ * the built-in HMAC against the kernel's, where the kernel has one. */
+START_TEST(test_hmac_cross_kernel)
+{
+	uint8_t data[200], a[32], b[32];
+	struct iovec iov;
+	char err[256] = "";
+	size_t len;
+
+	REQUIRE_ALG("test_hmac_cross_kernel");
+	for (len = 0; len < sizeof(data); len++)
+		data[len] = (uint8_t)(len * 131 + 7);
+	for (len = 0; len <= sizeof(data); len++) {
+		iov = (struct iovec){ data, len };
+		ck_assert_int_eq(auth_hmac_sha256(data, 1 + len % 150, &iov, 1,
+						  a, err, sizeof(err)), 0);
+		ck_assert_int_eq(auth_hmac_sha256_kernel(data, 1 + len % 150,
+							 &iov, 1, b, err,
+							 sizeof(err)), 0);
+		ck_assert_msg(memcmp(a, b, 32) == 0, "length %zu", len);
+	}
 }
 END_TEST
 
@@ -148,7 +236,7 @@ START_TEST(test_bad_args)
 	memset(big, 7, sizeof(big));
 	memset(n1, 1, sizeof(n1));
 	memset(n2, 2, sizeof(n2));
-	/* Argument checks come before AF_ALG, so they run everywhere. */
+	/* Argument checks come before any hashing, so they run everywhere. */
 	ck_assert_int_eq(auth_hmac_sha256("k", 0, &iov, 1, mac, err, sizeof(err)),
 			 -EINVAL);
 	ck_assert_msg(strstr(err, "key of 0 bytes"), "%s", err);
@@ -156,6 +244,11 @@ START_TEST(test_bad_args)
 					  sizeof(err)), -EINVAL);
 	ck_assert_int_eq(auth_hmac_sha256("k", 1, &iov, -1, mac, err,
 					  sizeof(err)), -EINVAL);
+	ck_assert_int_eq(auth_hmac_sha256_kernel("k", 0, &iov, 1, mac, err,
+						 sizeof(err)), -EINVAL);
+	ck_assert_int_eq(auth_hmac_sha256_kernel(big, sizeof(big), &iov, 1,
+						 mac, err, sizeof(err)),
+			 -EINVAL);
 	ck_assert_int_eq(auth_proof("k", 1, 7, n1, n2, NULL, 0, mac, err,
 				    sizeof(err)), -EINVAL);
 	ck_assert_msg(strstr(err, "role 7"), "%s", err);
@@ -231,7 +324,6 @@ START_TEST(test_proof_ok)
 	struct pair p;
 	char err[256] = "";
 
-	REQUIRE_ALG("test_proof_ok");
 	make_pair(&p);
 	ck_assert_int_eq(dest_checks(&p, key_ok, p.ns, p.nd, p.bind, p.ps, err), 0);
 	ck_assert_int_eq(auth_verify(key_ok, strlen(key_ok), PCOPY_ROLE_DEST,
@@ -247,7 +339,6 @@ START_TEST(test_wrong_key)
 	struct pair p;
 	char err[256] = "";
 
-	REQUIRE_ALG("test_wrong_key");
 	make_pair(&p);
 	ck_assert_int_eq(dest_checks(&p, key_bad, p.ns, p.nd, p.bind, p.ps, err),
 			 -EACCES);
@@ -276,11 +367,9 @@ START_TEST(test_proof_layout)
 	char err[256] = "";
 	unsigned i, role;
 
-	/* the binding layout needs no AF_ALG */
 	auth_bind_session(0x0123456789abcdefull, PCOPY_CONN_MAIN, bind);
 	ck_assert(memcmp(bind, "\xef\xcd\xab\x89\x67\x45\x23\x01"
 			 "\0\0\0\0\x01\0\0\0", sizeof(bind)) == 0);
-	REQUIRE_ALG("test_proof_layout");
 	for (i = 0; i < 32; i++) {
 		own[i] = (uint8_t)i;
 		peer[i] = (uint8_t)(32 + i);
@@ -302,7 +391,6 @@ START_TEST(test_tampered)
 	char err[256] = "";
 	uint8_t *what;
 
-	REQUIRE_ALG("test_tampered");
 	make_pair(&p);
 	switch (_i) {
 	case 0: what = p.ns; break;		/* the source's nonce */
@@ -325,7 +413,6 @@ START_TEST(test_reflection)
 	struct pair p;
 	char err[256] = "";
 
-	REQUIRE_ALG("test_reflection");
 	make_pair(&p);
 	/* the destination's own proof presented as the source's */
 	ck_assert_int_eq(dest_checks(&p, key_ok, p.ns, p.nd, p.bind, p.pd, err),
@@ -375,7 +462,7 @@ static int deny(int nr, int errnum)
 }
 
 /* Child exit codes: 0 = as expected, 1 = wrong code, 2 = wrong message,
- * 3 = filter not installed. */
+ * 3 = filter not installed, 4 = the built-in MAC failed in the sandbox. */
 static void run_denied(int nr, int errnum, const char *want_msg)
 {
 	int status;
@@ -390,23 +477,37 @@ static void run_denied(int nr, int errnum, const char *want_msg)
 		char err[256] = "";
 		int ret;
 
+		uint8_t want[32];
+
+		/* HMAC("k", "x"), computed before the sandbox closes. */
+		if (auth_hmac_sha256("k", 1, &iov, 1, want, err, sizeof(err)))
+			_exit(4);
 		if (deny(nr, errnum))
 			_exit(3);
-		ret = auth_hmac_sha256("k", 1, &iov, 1, mac, err, sizeof(err));
+		ret = auth_hmac_sha256_kernel("k", 1, &iov, 1, mac, err,
+					      sizeof(err));
 		if (ret != -EAFNOSUPPORT)
 			_exit(1);
-		_exit(strstr(err, want_msg) ? 0 : 2);
+		if (!strstr(err, want_msg))
+			_exit(2);
+		memset(mac, 0, sizeof(mac));
+		if (auth_hmac_sha256("k", 1, &iov, 1, mac, err, sizeof(err)) ||
+		    memcmp(mac, want, 32) != 0)
+			_exit(4);
+		_exit(0);
 	}
 	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
 	ck_assert_msg(WIFEXITED(status), "child died, status 0x%x", status);
 	ck_assert_msg(WEXITSTATUS(status) != 3, "seccomp filter refused");
 	ck_assert_msg(WEXITSTATUS(status) == 0, "child exit %d (1 = wrong code, "
-		      "2 = wrong message)", WEXITSTATUS(status));
+		      "2 = wrong message, 4 = built-in failed)",
+		      WEXITSTATUS(status));
 }
 #endif
 
 /* A kernel without AF_ALG: the real answer on kernels built without
- * CONFIG_CRYPTO_USER_API_HASH, simulated here where it exists. */
+ * CONFIG_CRYPTO_USER_API_HASH (like this test machine's), forced here by
+ * seccomp so the message is checked on every kernel. */
 START_TEST(test_no_af_alg)
 {
 #ifdef TEST_AUDIT_ARCH
@@ -469,7 +570,9 @@ static Suite *make_auth_suite(void)
 	Suite *s = suite_create("auth");
 	TCase *tc = tcase_create("hmac");
 
-	tcase_add_loop_test(tc, test_rfc4231, 0, 2 * NKATS);
+	tcase_add_test(tc, test_sha256_vectors);
+	tcase_add_loop_test(tc, test_rfc4231, 0, 3 * NKATS);
+	tcase_add_test(tc, test_hmac_cross_kernel);
 	tcase_add_test(tc, test_bad_args);
 	tcase_add_test(tc, test_nonce);
 	tcase_add_test(tc, test_equal);

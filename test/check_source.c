@@ -237,7 +237,7 @@ static void fdest_init(struct fdest *d, int fd, const struct image *im,
 	d->hello.role = PCOPY_ROLE_DEST;
 	d->hello.conn_kind = PCOPY_CONN_MAIN;
 	d->hello.features = offer;
-	d->hello.session_id = 42;
+	d->hello.session_id = 0;	/* MAIN: a new session */
 	d->hello.target_page = TP;
 	d->hello.nregions = im->n;
 	for (r = 0; r < im->n; r++) {

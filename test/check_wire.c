@@ -15,6 +15,7 @@
 #include <zlib.h>
 
 #include "common.h"
+#include "crc32c.h"
 #include "wire.h"
 
 #define MiB (1024u * 1024u)
@@ -96,20 +97,128 @@ START_TEST(test_hdr_roundtrip)
 }
 END_TEST
 
-/* The known-answer vector of doc/PROTOCOL.md section 3.1. */
+/* The known-answer vectors of doc/PROTOCOL.md section 3.1 (computed by an
+ * independent bit-by-bit implementation). */
 START_TEST(test_hdr_known_answer)
 {
 	static const uint8_t want[PCOPY_WIRE_HDR_SIZE] = {
 		0x50, 0x43, 0x46, 0x52, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x95, 0x3b, 0x2d, 0xc8,
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x68, 0x4d, 0x26, 0xa7,
+	};
+	/* REQ for region 1, one page at 0x200000: header then 16 bytes. */
+	static const uint8_t want_req[PCOPY_WIRE_HDR_SIZE + 16] = {
+		0x50, 0x43, 0x46, 0x52, 0x04, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
+		0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0x2b, 0x5c, 0x1f, 0xe7,
+		1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0x20, 0, 0, 0, 0, 0,
 	};
 	struct wire_hdr h = { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_END };
-	uint8_t out[PCOPY_WIRE_HDR_SIZE];
+	struct wire_req r = { .region = 1, .count = 1, .offset = 0x200000 };
+	uint8_t out[PCOPY_WIRE_HDR_SIZE], pl[16];
 
 	wire_hdr_seal(out, &h, NULL, 0);
 	ck_assert(memcmp(out, want, sizeof(want)) == 0);
-	ck_assert_uint_eq(h.crc, 0xc82d3b95u);
-	ck_assert_uint_eq(crc32(0, (const Bytef *)"123456789", 9), 0xcbf43926u);
+	ck_assert_uint_eq(h.crc, 0xa7264d68u);
+
+	h = (struct wire_hdr){ .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_REQ,
+			       .count = 1, .length = 16 };
+	wire_req_encode(&r, 1, pl);
+	wire_hdr_seal(out, &h, pl, sizeof(pl));
+	ck_assert(memcmp(out, want_req, PCOPY_WIRE_HDR_SIZE) == 0);
+	ck_assert(memcmp(pl, want_req + PCOPY_WIRE_HDR_SIZE, 16) == 0);
+	ck_assert_uint_eq(h.crc, 0xe71f5c2bu);
+
+	/* The CRC-32C check value, every implementation. */
+	ck_assert_uint_eq(pcopy_crc32c(0, "123456789", 9), 0xe3069283u);
+	ck_assert_uint_eq(pcopy_crc32c_sw(0, "123456789", 9), 0xe3069283u);
+	if (pcopy_crc32c_hw_available())
+		ck_assert_uint_eq(pcopy_crc32c_hw(0, "123456789", 9),
+				  0xe3069283u);
+	/* Not zlib's crc32 any more (0xcbf43926 for the same input). */
+	ck_assert_uint_ne(pcopy_crc32c(0, "123456789", 9),
+			  crc32(0, (const Bytef *)"123456789", 9));
+}
+END_TEST
+
+/* Bit-at-a-time CRC-32C from the definition: the reference for both. */
+static uint32_t crc32c_ref(uint32_t crc, const uint8_t *p, size_t n)
+{
+	unsigned k;
+
+	crc = ~crc;
+	while (n--) {
+		crc ^= *p++;
+		for (k = 0; k < 8; k++)
+			crc = (crc >> 1) ^ (0x82f63b78u & (0u - (crc & 1)));
+	}
+	return ~crc;
+}
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint64_t rng(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return rng_state;
+}
+
+/*
+ * Table and SSE4.2 agree with the reference on every length 0..300 at every
+ * alignment 0..15, on lengths around each three-stream block size (1360 and
+ * 8192 bytes per stream), on megabytes, and when a buffer is fed in pieces.
+ */
+START_TEST(test_crc32c_agree)
+{
+	static const size_t big[] = {
+		4079, 4080, 4081, 4095, 4096, 4097, 4128, 8160, 8161, 12240,
+		24575, 24576, 24577, 24576 + 4080, 49152 + 17, 65536,
+		(1u << 20) + 3, (2u << 20) + 4096,
+	};
+	size_t cap = (2u << 20) + 4096 + 64, len, a, i, cut;
+	bool hw = pcopy_crc32c_hw_available();
+	uint8_t *buf = malloc(cap);
+	uint32_t want, seed;
+
+	ck_assert_ptr_nonnull(buf);
+	for (i = 0; i < cap; i++)
+		buf[i] = (uint8_t)rng();
+	if (!hw)
+		printf("SKIP hardware half of test_crc32c_agree: no SSE4.2\n");
+	for (len = 0; len <= 300; len++) {
+		for (a = 0; a < 16; a++) {
+			seed = (uint32_t)rng();
+			want = crc32c_ref(seed, buf + a, len);
+			ck_assert_msg(pcopy_crc32c_sw(seed, buf + a, len) == want,
+				      "table: len %zu align %zu", len, a);
+			if (hw)
+				ck_assert_msg(pcopy_crc32c_hw(seed, buf + a, len)
+					      == want, "hw: len %zu align %zu",
+					      len, a);
+		}
+	}
+	for (i = 0; i < sizeof(big) / sizeof(big[0]); i++) {
+		for (a = 0; a < 9; a += 3) {
+			want = crc32c_ref(0, buf + a, big[i]);
+			ck_assert_msg(pcopy_crc32c_sw(0, buf + a, big[i]) == want,
+				      "table: len %zu align %zu", big[i], a);
+			if (hw)
+				ck_assert_msg(pcopy_crc32c_hw(0, buf + a, big[i])
+					      == want, "hw: len %zu align %zu",
+					      big[i], a);
+			ck_assert(pcopy_crc32c(0, buf + a, big[i]) == want);
+		}
+	}
+	/* Chaining: any split gives the checksum of the whole. */
+	for (i = 0; i < 50; i++) {
+		len = rng() % 70000;
+		cut = len ? rng() % len : 0;
+		want = crc32c_ref(0, buf, len);
+		ck_assert(pcopy_crc32c(pcopy_crc32c(0, buf, cut), buf + cut,
+				       len - cut) == want);
+	}
+	ck_assert_uint_eq(pcopy_crc32c(0x12345678, NULL, 0), 0x12345678);
+	free(buf);
 }
 END_TEST
 
@@ -155,10 +264,59 @@ static const struct {
 } bad_hdrs[] = {
 	{ { .magic = 0x52464351, .type = PCOPY_MSG_END }, "bad magic" },
 	{ { .magic = PCOPY_WIRE_MAGIC, .type = 0 }, "unknown message type 0" },
-	{ { .magic = PCOPY_WIRE_MAGIC, .type = 9 }, "unknown message type 9" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = 10 }, "unknown message type 10" },
 	{ { .magic = PCOPY_WIRE_MAGIC, .type = 255 }, "unknown message type 255" },
-	{ { .magic = PCOPY_WIRE_MAGIC, .type = 7 }, "type 7 (RECV_BITMAP) is reserved" },
-	{ { .magic = PCOPY_WIRE_MAGIC, .type = 8 }, "type 8 (PING) is reserved" },
+	/* PING: no payload, every field 0 */
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_PING, .kind = 1 },
+	  "PING: kind 1, want 0" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_PING, .flags = 4 },
+	  "PING: unknown flags 0x0004" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_PING, .region = 1 },
+	  "PING: region 1, want 0" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_PING, .count = 1 },
+	  "PING: count 1, want 0" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_PING, .offset = 8 },
+	  "PING: offset 0x8, want 0" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_PING, .length = 1 },
+	  "PING: length 1, want 0" },
+	/* AUTH: kind NONCE or PROOF, payload exactly 32 */
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_AUTH, .length = 32 },
+	  "AUTH: unknown kind 0" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_AUTH, .kind = 3,
+	    .length = 32 }, "AUTH: unknown kind 3" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_AUTH, .kind = 1,
+	    .length = 31 }, "AUTH: length 31, want 32" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_AUTH, .kind = 2,
+	    .length = 33 }, "AUTH: length 33, want 32" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_AUTH, .kind = 2 },
+	  "AUTH: length 0, want 32" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_AUTH, .kind = 1,
+	    .region = 1, .length = 32 }, "AUTH: region 1, want 0" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_AUTH, .kind = 1,
+	    .count = 1, .length = 32 }, "AUTH: count 1, want 0" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_AUTH, .kind = 1,
+	    .offset = 4096, .length = 32 }, "AUTH: offset 0x1000, want 0" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_AUTH, .kind = 1,
+	    .flags = 1, .length = 32 }, "AUTH: unknown flags" },
+	/* RECV_BITMAP: count 1..max, payload ceil(count / 8) */
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_RECV_BITMAP,
+	    .kind = 1, .count = 8, .length = 1 }, "RECV_BITMAP: kind 1, want 0" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_RECV_BITMAP },
+	  "RECV_BITMAP: count 0 host pages" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_RECV_BITMAP,
+	    .count = PCOPY_BITMAP_MAX_BITS + 1, .length = 1 },
+	  "RECV_BITMAP: count 16809985 host pages, want 1..16809984" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_RECV_BITMAP,
+	    .count = 9, .length = 1 },
+	  "RECV_BITMAP: length 1, want 2 for 9 host pages" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_RECV_BITMAP,
+	    .count = 8, .length = 2 },
+	  "RECV_BITMAP: length 2, want 1 for 8 host pages" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_RECV_BITMAP,
+	    .count = 1 }, "RECV_BITMAP: length 0, want 1" },
+	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_RECV_BITMAP,
+	    .flags = 0x100, .count = 1, .length = 1 },
+	  "RECV_BITMAP: unknown flags 0x0100" },
 	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_PAGE, .kind = 0,
 	    .count = 1 }, "PAGE: unknown kind 0" },
 	{ { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_PAGE, .kind = 4,
@@ -222,6 +380,19 @@ START_TEST(test_hdr_valid_types)
 		  .length = 4096 * 16 },
 		{ .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_DONE },
 		{ .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_ERROR, .length = 1028 },
+		{ .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_PING },
+		{ .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_AUTH,
+		  .kind = PCOPY_AUTH_NONCE, .length = 32 },
+		{ .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_AUTH,
+		  .kind = PCOPY_AUTH_PROOF, .length = 32 },
+		/* region and offset are checked against the table later */
+		{ .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_RECV_BITMAP,
+		  .region = 70, .offset = 1ull << 50, .count = 1, .length = 1 },
+		{ .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_RECV_BITMAP,
+		  .count = PCOPY_BITMAP_MAX_BITS,
+		  .length = PCOPY_BITMAP_MAX_BITS / 8 },
+		{ .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_RECV_BITMAP,
+		  .count = 17, .length = 3 },
 	};
 	uint8_t out[PCOPY_WIRE_HDR_SIZE];
 	struct wire_hdr d;
@@ -323,6 +494,292 @@ START_TEST(test_page_flags_rejected)
 	h.type = PCOPY_MSG_END;
 	ck_assert_int_eq(wire_page_validate(&h, tab, 3, 0, err, sizeof(err)),
 			 -EPROTO);
+}
+END_TEST
+
+/* ------------------------------------------------------------------ */
+/* RECV_BITMAP                                                         */
+/* ------------------------------------------------------------------ */
+
+/* Per-region received bitmaps for mk_tab: 4096, 2 and 16 host pages, each
+ * with a guard word after the region's words. */
+struct bm {
+	uint64_t w0[64 + 1], w1[1 + 1], w2[1 + 1];
+	uint64_t *bits[3];
+};
+
+static void bm_init(struct bm *b, uint64_t fill)
+{
+	memset(b->w0, (int)(fill & 0xff), sizeof(b->w0));
+	memset(b->w1, (int)(fill & 0xff), sizeof(b->w1));
+	memset(b->w2, (int)(fill & 0xff), sizeof(b->w2));
+	b->bits[0] = b->w0;
+	b->bits[1] = b->w1;
+	b->bits[2] = b->w2;
+}
+
+static struct wire_hdr bm_hdr(uint32_t region, uint64_t offset, uint32_t count)
+{
+	return (struct wire_hdr){ .magic = PCOPY_WIRE_MAGIC,
+				  .type = PCOPY_MSG_RECV_BITMAP,
+				  .region = region, .offset = offset,
+				  .count = count,
+				  .length = (count + 7) / 8 };
+}
+
+/* A complete, valid sequence: region 0 in two pieces (the first ends in the
+ * middle of a byte and a word), then regions 1 and 2; the bits land where
+ * they belong, zeros clear what was set, guard words stay untouched. */
+START_TEST(test_bitmap_apply_ok)
+{
+	struct wire_region tab[3];
+	uint8_t pl[512];
+	struct wire_hdr h;
+	uint32_t nr = 0;
+	uint64_t np = 0, i;
+	struct bm b;
+
+	mk_tab(tab);
+	bm_init(&b, 0xff);	/* everything "received": apply must clear */
+	memset(pl, 0, sizeof(pl));
+	pl[0] = 0x05;		/* pages 0 and 2 */
+	pl[12] = 0x08;		/* page 99 (last of the first piece) */
+	h = bm_hdr(0, 0, 100);
+	ck_assert_int_eq(wire_bitmap_apply(&h, pl, tab, 3, &nr, &np, b.bits,
+					   err, sizeof(err)), 0);
+	ck_assert_uint_eq(nr, 0);
+	ck_assert(np == 100);
+	memset(pl, 0, sizeof(pl));
+	pl[0] = 0x01;		/* page 100 */
+	pl[(4095 - 100) / 8] = (uint8_t)(1u << ((4095 - 100) % 8)); /* 4095 */
+	h = bm_hdr(0, 100, 3996);
+	ck_assert_int_eq(wire_bitmap_apply(&h, pl, tab, 3, &nr, &np, b.bits,
+					   err, sizeof(err)), 0);
+	ck_assert_uint_eq(nr, 1);
+	ck_assert(np == 0);
+	for (i = 0; i < 4096; i++) {
+		bool want = i == 0 || i == 2 || i == 99 || i == 100 || i == 4095;
+
+		ck_assert_msg(!!(b.w0[i / 64] & (1ull << (i % 64))) == want,
+			      "page %llu", (unsigned long long)i);
+	}
+	ck_assert(b.w0[64] == ~0ull);	/* guard */
+
+	pl[0] = 0x02;
+	h = bm_hdr(1, 0, 2);
+	ck_assert_int_eq(wire_bitmap_apply(&h, pl, tab, 3, &nr, &np, b.bits,
+					   err, sizeof(err)), 0);
+	ck_assert(b.w1[0] == (~0ull << 2 | 0x2));	/* only bits 0..1 */
+	ck_assert(b.w1[1] == ~0ull);
+	pl[0] = 0xff;
+	pl[1] = 0x80;
+	h = bm_hdr(2, 0, 16);
+	ck_assert_int_eq(wire_bitmap_apply(&h, pl, tab, 3, &nr, &np, b.bits,
+					   err, sizeof(err)), 1);
+	ck_assert_uint_eq(nr, 3);
+	ck_assert(b.w2[0] == (~0ull << 16 | 0x80ff));
+
+	/* Validate-only: NULL bits. */
+	nr = 0;
+	np = 0;
+	memset(pl, 0, sizeof(pl));
+	h = bm_hdr(0, 0, 4096);
+	{
+		uint8_t big[512] = { 0 };
+
+		ck_assert_int_eq(wire_bitmap_apply(&h, big, tab, 3, &nr, &np,
+						   NULL, err, sizeof(err)), 0);
+	}
+	ck_assert_uint_eq(nr, 1);
+}
+END_TEST
+
+/* One broken message each; the position never moves on an error. */
+static const struct {
+	uint32_t pre;		/* valid messages applied first (see below) */
+	uint32_t region, count, length;
+	uint64_t offset;
+	uint8_t last;		/* last payload byte */
+	uint8_t type;		/* 0: RECV_BITMAP */
+	const char *want;
+} bm_bad[] = {
+	{ 0, 0, 8, 1, 1, 0, 0, "gap: region 0 offset 1, want host page 0" },
+	{ 0, 1, 2, 1, 0, 0, 0, "region 1, want region 0" },
+	{ 0, 5, 2, 1, 0, 0, 0, "region 5, want region 0" },
+	{ 1, 0, 8, 1, 99, 0, 0, "overlap: region 0 offset 99" },
+	{ 1, 0, 8, 1, 0, 0, 0, "overlap: region 0 offset 0" },
+	{ 1, 0, 8, 1, 101, 0, 0, "gap: region 0 offset 101, want host page 100" },
+	{ 1, 0, 3997, 500, 100, 0, 0, "offset 100 + 3997 host pages past the "
+	  "end of region 0 'ram0' (4096 host pages)" },
+	{ 2, 1, 3, 1, 0, 0, 0, "past the end of region 1 'huge' (2 host pages)" },
+	{ 2, 2, 1, 1, 0, 0, 0, "region 2, want region 1" },
+	{ 2, 1, 2, 1, 0, 0x04, 0, "stray bits in the last byte 0x04" },
+	{ 2, 1, 2, 1, 0, 0x80, 0, "only its low 2 bits" },
+	{ 3, 2, 16, 2, 0, 0, 0, "region 2 offset 0 after the bitmap was "
+	  "already complete" },
+	{ 0, 0, 0, 0, 0, 0, 0, "count 0 host pages" },
+	{ 0, 0, 9, 1, 0, 0, 0, "length 1, want 2 for 9 host pages" },
+	{ 0, 0, 8, 1, 0, 0, PCOPY_MSG_REQ, "got message type 4 (REQ)" },
+};
+
+START_TEST(test_bitmap_apply_bad)
+{
+	struct wire_region tab[3];
+	uint8_t pl[600];
+	struct wire_hdr h;
+	uint32_t nr = 0, i;
+	uint64_t np = 0, save_p;
+	uint32_t save_r;
+	struct bm b;
+
+	mk_tab(tab);
+	bm_init(&b, 0);
+	memset(pl, 0, sizeof(pl));
+	/* pre 1: region 0 pages 0..99; pre 2: + rest of region 0; pre 3: all
+	 * but region 2, then region 2 (complete). */
+	for (i = 0; i < bm_bad[_i].pre; i++) {
+		static const uint32_t r[3] = { 0, 0, 1 }, c[3] = { 100, 3996, 2 };
+		static const uint64_t o[3] = { 0, 100, 0 };
+
+		h = bm_hdr(r[i], o[i], c[i]);
+		ck_assert_int_ge(wire_bitmap_apply(&h, pl, tab, 3, &nr, &np,
+						   b.bits, err, sizeof(err)), 0);
+	}
+	if (bm_bad[_i].pre == 3) {
+		h = bm_hdr(2, 0, 16);
+		ck_assert_int_eq(wire_bitmap_apply(&h, pl, tab, 3, &nr, &np,
+						   b.bits, err, sizeof(err)), 1);
+	}
+	h = bm_hdr(bm_bad[_i].region, bm_bad[_i].offset, bm_bad[_i].count);
+	h.length = bm_bad[_i].length;
+	if (bm_bad[_i].type)
+		h.type = bm_bad[_i].type;
+	if (h.length)
+		pl[h.length - 1] = bm_bad[_i].last;
+	save_r = nr;
+	save_p = np;
+	err[0] = '\0';
+	ck_assert_int_eq(wire_bitmap_apply(&h, pl, tab, 3, &nr, &np, b.bits,
+					   err, sizeof(err)), -EPROTO);
+	ck_assert_err_has(bm_bad[_i].want);
+	ck_assert_uint_eq(nr, save_r);
+	ck_assert(np == save_p);
+	/* Nothing was written for the rejected message. */
+	for (i = 0; i < 2; i++)
+		ck_assert(b.w1[i] == 0);
+}
+END_TEST
+
+/*
+ * Encode every region of a table with random bits in messages of at most
+ * `cap` payload bytes, apply them on the other side, compare. Regions of
+ * 1003 (not a multiple of 8), 5, 64, 1 and 70000 host pages.
+ */
+START_TEST(test_bitmap_roundtrip)
+{
+	static const size_t caps[] = { 1, 7, 9, 125, 4096 };
+	static const uint64_t pages[] = { 1003, 5, 64, 1, 70000 };
+	static const uint32_t hp[] = { 4096, HOST_2M, 4096, 1u << 30, 4096 };
+	struct wire_region tab[5];
+	uint64_t *src[5], *dst[5], nwords[5];
+	uint8_t pl[4096];
+	size_t cap = caps[_i];
+	uint32_t nr = 0, r, nmsg = 0;
+	uint64_t np = 0, first, i;
+	struct wire_hdr h, d;
+	uint8_t raw[PCOPY_WIRE_HDR_SIZE];
+	int len, ret = 0;
+
+	memset(tab, 0, sizeof(tab));
+	for (r = 0; r < 5; r++) {
+		snprintf(tab[r].name, sizeof(tab[r].name), "r%u", r);
+		tab[r].host_page = hp[r];
+		tab[r].length = pages[r] * hp[r];
+		nwords[r] = (pages[r] + 63) / 64 + 1;	/* + guard */
+		src[r] = malloc(nwords[r] * 8);
+		dst[r] = malloc(nwords[r] * 8);
+		for (i = 0; i < nwords[r]; i++) {
+			src[r][i] = rng();
+			dst[r][i] = rng();
+		}
+	}
+	for (r = 0; r < 5; r++) {
+		for (first = 0; first < pages[r]; first += h.count) {
+			len = wire_bitmap_encode(r, src[r], pages[r], first, &h,
+						 pl, cap);
+			ck_assert_int_gt(len, 0);
+			ck_assert_uint_le((unsigned)len, cap);
+			ck_assert(h.offset == first);
+			ck_assert_uint_eq(h.length, (unsigned)len);
+			/* Through the real header path: seal, decode, crc. */
+			wire_hdr_seal(raw, &h, pl, (size_t)len);
+			ck_assert_int_eq(wire_hdr_decode(raw, &d, err,
+							 sizeof(err)), 0);
+			ck_assert_int_eq(wire_crc_check(raw, &d, pl, err,
+							sizeof(err)), 0);
+			ck_assert_int_eq(ret, 0);	/* not complete early */
+			ret = wire_bitmap_apply(&d, pl, tab, 5, &nr, &np, dst,
+						err, sizeof(err));
+			ck_assert_msg(ret >= 0, "%s", err);
+			nmsg++;
+		}
+	}
+	ck_assert_int_eq(ret, 1);
+	for (r = 0; r < 5; r++) {
+		for (i = 0; i < pages[r]; i++)
+			ck_assert_msg(!!(src[r][i / 64] & (1ull << (i % 64))) ==
+				      !!(dst[r][i / 64] & (1ull << (i % 64))),
+				      "cap %zu region %u page %llu", cap, r,
+				      (unsigned long long)i);
+		free(src[r]);
+		free(dst[r]);
+	}
+	if (cap == 4096)
+		ck_assert_uint_eq(nmsg, 4 + 3);	/* 70000 bits need 3 */
+	if (cap == 1)
+		ck_assert_uint_eq(nmsg, 126 + 1 + 8 + 1 + 8750);
+}
+END_TEST
+
+START_TEST(test_bitmap_encode_limits)
+{
+	uint64_t bits[2] = { ~0ull, ~0ull };
+	struct wire_hdr h;
+	uint8_t pl[16], *big;
+	uint64_t *many;
+	int len;
+
+	ck_assert_int_eq(wire_bitmap_encode(0, bits, 100, 100, &h, pl, 16),
+			 -EINVAL);
+	ck_assert_int_eq(wire_bitmap_encode(0, bits, 100, 0, &h, pl, 0),
+			 -ENOSPC);
+	/* 13 pages: 2 bytes, the 3 unused high bits zero. */
+	len = wire_bitmap_encode(3, bits, 13, 0, &h, pl, sizeof(pl));
+	ck_assert_int_eq(len, 2);
+	ck_assert_uint_eq(pl[0], 0xff);
+	ck_assert_uint_eq(pl[1], 0x1f);
+	ck_assert_uint_eq(h.count, 13);
+	ck_assert_uint_eq(h.region, 3);
+	ck_assert_uint_eq(h.type, PCOPY_MSG_RECV_BITMAP);
+	/* From the middle of a word to the end of the next. */
+	bits[0] = 0x8000000000000000ull;
+	bits[1] = 0x1;
+	len = wire_bitmap_encode(0, bits, 65, 63, &h, pl, sizeof(pl));
+	ck_assert_int_eq(len, 1);
+	ck_assert_uint_eq(pl[0], 0x03);
+	ck_assert_uint_eq(h.count, 2);
+	ck_assert(h.offset == 63);
+
+	/* No message exceeds PCOPY_BITMAP_MAX_BITS, whatever cap allows. */
+	big = malloc(PCOPY_WIRE_PAYLOAD_MAX + 100);
+	many = calloc((PCOPY_BITMAP_MAX_BITS + 1000) / 64 + 1, 8);
+	len = wire_bitmap_encode(0, many, PCOPY_BITMAP_MAX_BITS + 1000, 0, &h,
+				 big, PCOPY_WIRE_PAYLOAD_MAX + 100);
+	ck_assert_int_eq(len, PCOPY_BITMAP_MAX_BITS / 8);
+	ck_assert_uint_eq(h.count, PCOPY_BITMAP_MAX_BITS);
+	ck_assert_uint_le(h.length, PCOPY_WIRE_PAYLOAD_MAX);
+	free(big);
+	free(many);
 }
 END_TEST
 
@@ -1084,6 +1541,8 @@ struct hs {
 	struct wire_hello ours, peer;
 	uint32_t features;
 	int timeout_ms;
+	int v2;				/* conn_handshake2 with p */
+	struct conn_hs_params p;
 	int ret;
 	char err[PCOPY_ERRMSG_MAX];
 };
@@ -1092,8 +1551,16 @@ static void *hs_thread(void *arg)
 {
 	struct hs *s = arg;
 
-	s->ret = conn_handshake(s->fd, &s->ours, &s->peer, &s->features,
-				s->timeout_ms, s->err, sizeof(s->err));
+	if (s->v2) {
+		s->p.timeout_ms = s->timeout_ms;
+		s->ret = conn_handshake2(s->fd, &s->ours, &s->peer,
+					 &s->features, &s->p, s->err,
+					 sizeof(s->err));
+	} else {
+		s->ret = conn_handshake(s->fd, &s->ours, &s->peer,
+					&s->features, s->timeout_ms, s->err,
+					sizeof(s->err));
+	}
 	return NULL;
 }
 
@@ -1117,8 +1584,9 @@ static void hs_run_pair(struct hs *a, struct hs *b)
 	pthread_join(tb, NULL);
 }
 
-/* The next message on fd must be an ERROR whose text contains `want`. */
-static void expect_error_msg(int fd, const char *want)
+/* The next message on fd (after the peer's HELLO, if any) must be an ERROR
+ * with errno `want_errno` whose text contains `want`. */
+static void expect_error_errno(int fd, int want_errno, const char *want)
 {
 	uint8_t buf[8192];
 	char text[PCOPY_ERROR_TEXT_MAX + 1];
@@ -1135,9 +1603,14 @@ static void expect_error_msg(int fd, const char *want)
 	ck_assert_int_eq(h.type, PCOPY_MSG_ERROR);
 	ck_assert_int_eq(wire_error_decode(buf, h.length, &e, text,
 					   sizeof(text)), 0);
-	ck_assert_int_eq(e, EPROTO);
+	ck_assert_int_eq(e, want_errno);
 	ck_assert_msg(strstr(text, want), "ERROR text '%s' lacks '%s'", text,
 		      want);
+}
+
+static void expect_error_msg(int fd, const char *want)
+{
+	expect_error_errno(fd, EPROTO, want);
 }
 
 START_TEST(test_hs_success)
@@ -1386,6 +1859,342 @@ START_TEST(test_hs_timeout)
 }
 END_TEST
 
+/* ---- handshake2: connection kinds, sessions, features, PSK ---- */
+
+#define SID 0x1122334455667788ull	/* mk_hello's source session id */
+
+/* A source and a destination with handshake2 parameters; the destination
+ * asks for `kind` in session `sid`, the source expects `expect`. */
+static void hs2_init(struct hs *src, struct hs *dst, int sv[2], uint32_t kind,
+		     uint64_t sid, uint64_t expect)
+{
+	mk_pair(sv);
+	hs_init(src, sv[0], PCOPY_ROLE_SOURCE);
+	hs_init(dst, sv[1], PCOPY_ROLE_DEST);
+	src->v2 = dst->v2 = 1;
+	src->ours.features = dst->ours.features =
+		PCOPY_FEAT_ZLIB | PCOPY_FEAT_URGENT | PCOPY_FEAT_RESUME;
+	dst->ours.conn_kind = kind;
+	dst->ours.session_id = sid;
+	src->p.expect_session = expect;
+}
+
+static void hs2_close(int sv[2])
+{
+	close(sv[0]);
+	close(sv[1]);
+}
+
+#define ck_hs(s, code, sub) \
+	ck_assert_msg((s).ret == (code) && strstr((s).err, (sub)), \
+		      "%s: got %d '%s', want %d '%s'", #s, (s).ret, (s).err, \
+		      (code), (sub))
+
+/* Loop: URGENT, RESUME. The right session joins; the source learns the kind
+ * from peer.conn_kind; the destination sees its session echoed. */
+START_TEST(test_hs2_join)
+{
+	uint32_t kind = _i ? PCOPY_CONN_RESUME : PCOPY_CONN_URGENT;
+	struct hs a, b;
+	int sv[2];
+
+	hs2_init(&a, &b, sv, kind, SID, SID);
+	hs_run_pair(&a, &b);
+	ck_assert_msg(a.ret == 0, "source: %d %s", a.ret, a.err);
+	ck_assert_msg(b.ret == 0, "dest: %d %s", b.ret, b.err);
+	ck_assert_uint_eq(a.peer.conn_kind, kind);
+	ck_assert_uint_eq(b.peer.conn_kind, kind);
+	ck_assert(b.peer.session_id == SID);
+	ck_assert(a.peer.session_id == SID);
+	ck_assert_uint_eq(a.features, PCOPY_FEAT_ZLIB | PCOPY_FEAT_URGENT |
+			  PCOPY_FEAT_RESUME);
+	hs2_close(sv);
+
+	/* A MAIN connection: the source's new session id comes back. */
+	hs2_init(&a, &b, sv, PCOPY_CONN_MAIN, 0, SID);
+	hs_run_pair(&a, &b);
+	ck_assert_int_eq(a.ret, 0);
+	ck_assert_int_eq(b.ret, 0);
+	ck_assert_uint_eq(a.peer.conn_kind, PCOPY_CONN_MAIN);
+	ck_assert(b.peer.session_id == SID);
+	hs2_close(sv);
+}
+END_TEST
+
+/* Loop: URGENT, RESUME with a wrong session, or a source with none. */
+START_TEST(test_hs2_unknown_session)
+{
+	uint32_t kind = _i ? PCOPY_CONN_RESUME : PCOPY_CONN_URGENT;
+	struct hs a, b;
+	int sv[2];
+
+	hs2_init(&a, &b, sv, kind, SID + 1, SID);
+	hs_run_pair(&a, &b);
+	ck_hs(a, -EPROTO, "connection for unknown session 0x1122334455667789");
+	ck_hs(b, -EPROTO, "peer refused: HELLO: ");
+	ck_hs(b, -EPROTO, "unknown session");
+	hs2_close(sv);
+
+	hs2_init(&a, &b, sv, kind, SID, 0);	/* no session yet */
+	hs_run_pair(&a, &b);
+	ck_hs(a, -EPROTO, "unknown session");
+	ck_hs(b, -EPROTO, "unknown session");
+	hs2_close(sv);
+
+	/* MAIN must not claim a session. */
+	hs2_init(&a, &b, sv, PCOPY_CONN_MAIN, SID, SID);
+	hs_run_pair(&a, &b);
+	ck_hs(a, -EPROTO, "MAIN connection with session id 0x1122334455667788, "
+	      "want 0");
+	ck_hs(b, -EPROTO, "peer refused");
+	hs2_close(sv);
+}
+END_TEST
+
+/* Loop: (URGENT, RESUME) x (source lacks it, destination lacks it). */
+START_TEST(test_hs2_feature_missing)
+{
+	uint32_t kind = (_i & 1) ? PCOPY_CONN_RESUME : PCOPY_CONN_URGENT;
+	uint32_t bit = (_i & 1) ? PCOPY_FEAT_RESUME : PCOPY_FEAT_URGENT;
+	const char *kn = (_i & 1) ? "RESUME" : "URGENT";
+	char want[128];
+	struct hs a, b;
+	int sv[2];
+
+	hs2_init(&a, &b, sv, kind, SID, SID);
+	if (_i & 2) {
+		b.ours.features &= ~bit;
+		snprintf(want, sizeof(want), "%s connection without the %s "
+			 "feature bit", kn, kn);
+	} else {
+		a.ours.features &= ~bit;
+		snprintf(want, sizeof(want), "%s connection, but this source "
+			 "does not offer it", kn);
+	}
+	hs_run_pair(&a, &b);
+	ck_hs(a, -EOPNOTSUPP, want);
+	ck_hs(b, -EOPNOTSUPP, "peer refused");
+	ck_hs(b, -EOPNOTSUPP, want);
+	hs2_close(sv);
+}
+END_TEST
+
+static const char psk1[] = "correct horse battery staple";
+static const char psk2[] = "correct horse battery stapler";
+
+static void set_psk(struct hs *s, const char *k)
+{
+	s->p.psk = k;
+	s->p.psk_len = k ? strlen(k) : 0;
+}
+
+/* Loop: MAIN, URGENT, RESUME with the same key on both sides. */
+START_TEST(test_hs2_psk_ok)
+{
+	struct hs a, b;
+	int sv[2];
+
+	hs2_init(&a, &b, sv, (uint32_t)_i, _i ? SID : 0, SID);
+	set_psk(&a, psk1);
+	set_psk(&b, psk1);
+	hs_run_pair(&a, &b);
+	ck_assert_msg(a.ret == 0, "source: %d %s", a.ret, a.err);
+	ck_assert_msg(b.ret == 0, "dest: %d %s", b.ret, b.err);
+	/* FEAT_AUTH follows the key, whatever ours.features said. */
+	ck_assert(a.features & PCOPY_FEAT_AUTH);
+	ck_assert(b.features & PCOPY_FEAT_AUTH);
+	ck_assert(!(a.ours.features & PCOPY_FEAT_AUTH));
+	hs2_close(sv);
+}
+END_TEST
+
+/* Wrong key: both sides refuse, each with its own message. */
+START_TEST(test_hs2_psk_wrong)
+{
+	struct hs a, b;
+	int sv[2];
+
+	hs2_init(&a, &b, sv, PCOPY_CONN_MAIN, 0, SID);
+	set_psk(&a, psk1);
+	set_psk(&b, psk2);
+	hs_run_pair(&a, &b);
+	ck_hs(a, -EACCES, "authentication failed");
+	ck_hs(b, -EACCES, "authentication failed");
+	ck_hs(a, -EACCES, "does not match");
+	hs2_close(sv);
+
+	/* A key of the wrong size is the caller's error. */
+	mk_pair(sv);
+	hs_init(&b, sv[1], PCOPY_ROLE_DEST);
+	b.v2 = 1;
+	b.p.psk = psk1;
+	b.p.psk_len = 0;
+	hs_thread(&b);
+	ck_hs(b, -EINVAL, "pre-shared key of 0 bytes");
+	hs2_close(sv);
+}
+END_TEST
+
+/* Loop: key only at the source (0) or only at the destination (1). */
+START_TEST(test_hs2_psk_missing)
+{
+	struct hs a, b, *keyed, *bare;
+	int sv[2];
+
+	hs2_init(&a, &b, sv, PCOPY_CONN_MAIN, 0, SID);
+	keyed = _i ? &b : &a;
+	bare = _i ? &a : &b;
+	set_psk(keyed, psk1);
+	hs_run_pair(&a, &b);
+	ck_hs(*keyed, -EACCES, "peer offers no authentication");
+	ck_hs(*bare, -EACCES, "peer requires a pre-shared key");
+	hs2_close(sv);
+}
+END_TEST
+
+/* Read messages from fd (raw, as a fake peer) until EOF or timeout; fail if
+ * any is not one of the allowed handshake types. Returns how many. */
+static unsigned drain_only_handshake(int fd)
+{
+	uint8_t buf[8192];
+	struct wire_hdr h;
+	unsigned n = 0;
+
+	while (conn_recv_msg(fd, &h, buf, sizeof(buf),
+			     pcopy_now_ns() + 300000000ull, -1, err,
+			     sizeof(err)) == 0) {
+		ck_assert_msg(h.type == PCOPY_MSG_HELLO ||
+			      h.type == PCOPY_MSG_AUTH ||
+			      h.type == PCOPY_MSG_ERROR,
+			      "message type %u before authentication", h.type);
+		n++;
+	}
+	return n;
+}
+
+/*
+ * A fake destination that claims FEAT_AUTH but knows no key: it answers
+ * the nonce with a made-up proof (loop 0), with the source's own proof
+ * reflected (1), or skips AUTH and sends a REQ (2). The real source
+ * refuses each with -EACCES / -EPROTO and sends nothing but HELLO, AUTH and
+ * ERROR.
+ */
+START_TEST(test_hs2_auth_before_data)
+{
+	struct wire_hello fake;
+	struct wire_hdr h = { .type = PCOPY_MSG_HELLO };
+	uint8_t buf[8192], nonce[32], junk[32];
+	struct hs a;
+	pthread_t t;
+	int sv[2], n;
+
+	mk_pair(sv);
+	hs_init(&a, sv[0], PCOPY_ROLE_SOURCE);
+	a.v2 = 1;
+	set_psk(&a, psk1);
+	pthread_create(&t, NULL, hs_thread, &a);
+
+	mk_hello(&fake, PCOPY_ROLE_DEST);
+	fake.features |= PCOPY_FEAT_AUTH;
+	n = wire_hello_encode(&fake, buf, sizeof(buf));
+	ck_assert_int_eq(conn_send_msg(sv[1], &h, buf, (size_t)n), 0);
+	/* The source's HELLO, then its nonce. */
+	ck_assert_int_eq(conn_recv_msg(sv[1], &h, buf, sizeof(buf), 0, -1,
+				       err, sizeof(err)), 0);
+	ck_assert_uint_eq(h.type, PCOPY_MSG_HELLO);
+	ck_assert_int_eq(conn_recv_msg(sv[1], &h, buf, sizeof(buf), 0, -1,
+				       err, sizeof(err)), 0);
+	ck_assert_uint_eq(h.type, PCOPY_MSG_AUTH);
+	ck_assert_uint_eq(h.kind, PCOPY_AUTH_NONCE);
+	memcpy(nonce, buf, 32);
+	if (_i == 2) {
+		struct wire_req r = { 0, 1, 0 };
+
+		wire_req_encode(&r, 1, buf);
+		h = (struct wire_hdr){ .type = PCOPY_MSG_REQ, .count = 1 };
+		ck_assert_int_eq(conn_send_msg(sv[1], &h, buf, 16), 0);
+	} else {
+		/* Our nonce: fresh unless reflecting. */
+		memset(junk, 0x3c, sizeof(junk));
+		h = (struct wire_hdr){ .type = PCOPY_MSG_AUTH,
+				       .kind = PCOPY_AUTH_NONCE };
+		ck_assert_int_eq(conn_send_msg(sv[1], &h, junk, 32), 0);
+		/* The source's proof. */
+		ck_assert_int_eq(conn_recv_msg(sv[1], &h, buf, sizeof(buf), 0,
+					       -1, err, sizeof(err)), 0);
+		ck_assert_uint_eq(h.type, PCOPY_MSG_AUTH);
+		ck_assert_uint_eq(h.kind, PCOPY_AUTH_PROOF);
+		if (_i == 0)
+			memset(buf, 0x77, 32);
+		h = (struct wire_hdr){ .type = PCOPY_MSG_AUTH,
+				       .kind = PCOPY_AUTH_PROOF };
+		ck_assert_int_eq(conn_send_msg(sv[1], &h, buf, 32), 0);
+	}
+	pthread_join(t, NULL);
+	if (_i == 2) {
+		ck_hs(a, -EPROTO, "expected AUTH nonce, got message type 4");
+	} else {
+		ck_hs(a, -EACCES, "authentication failed");
+		expect_error_errno(sv[1], EACCES, "authentication failed");
+	}
+	shutdown(sv[0], SHUT_WR);
+	drain_only_handshake(sv[1]);
+	hs2_close(sv);
+}
+END_TEST
+
+/* A fake source that skips AUTH and sends a PAGE right after its HELLO:
+ * the keyed destination refuses it. */
+START_TEST(test_hs2_dest_refuses_early_page)
+{
+	struct wire_hello fake;
+	struct wire_hdr h = { .type = PCOPY_MSG_HELLO };
+	uint8_t buf[8192];
+	struct hs b;
+	pthread_t t;
+	int sv[2], n;
+
+	mk_pair(sv);
+	hs_init(&b, sv[1], PCOPY_ROLE_DEST);
+	b.v2 = 1;
+	set_psk(&b, psk1);
+	pthread_create(&t, NULL, hs_thread, &b);
+	ck_assert_int_eq(conn_recv_msg(sv[0], &h, buf, sizeof(buf), 0, -1,
+				       err, sizeof(err)), 0);
+	ck_assert_uint_eq(h.type, PCOPY_MSG_HELLO);
+	mk_hello(&fake, PCOPY_ROLE_SOURCE);
+	fake.features |= PCOPY_FEAT_AUTH;
+	n = wire_hello_encode(&fake, buf, sizeof(buf));
+	h = (struct wire_hdr){ .type = PCOPY_MSG_HELLO };
+	ck_assert_int_eq(conn_send_msg(sv[0], &h, buf, (size_t)n), 0);
+	memset(buf, 0x41, 4096);
+	h = (struct wire_hdr){ .type = PCOPY_MSG_PAGE, .kind = PCOPY_KIND_RAW,
+			       .count = 1 };
+	ck_assert_int_eq(conn_send_msg(sv[0], &h, buf, 4096), 0);
+	pthread_join(t, NULL);
+	ck_hs(b, -EPROTO, "expected AUTH nonce, got message type 2");
+	hs2_close(sv);
+}
+END_TEST
+
+/* Two sources both wait for the destination's HELLO: a timeout that says
+ * what it waited for (not a hang). */
+START_TEST(test_hs2_two_sources)
+{
+	struct hs a, b;
+	int sv[2];
+
+	mk_pair(sv);
+	hs_init(&a, sv[0], PCOPY_ROLE_SOURCE);
+	hs_init(&b, sv[1], PCOPY_ROLE_SOURCE);
+	a.timeout_ms = b.timeout_ms = 200;
+	hs_run_pair(&a, &b);
+	ck_hs(a, -ETIMEDOUT, "waiting for HELLO: timed out");
+	ck_hs(b, -ETIMEDOUT, "waiting for HELLO: timed out");
+	hs2_close(sv);
+}
+END_TEST
+
 Suite *make_wire_suite(void);
 
 Suite *make_wire_suite(void)
@@ -1397,12 +2206,21 @@ Suite *make_wire_suite(void)
 	tcase_add_test(tc, test_hdr_roundtrip);
 	tcase_add_test(tc, test_hdr_known_answer);
 	tcase_add_test(tc, test_crc_detects_flips);
+	tcase_add_test(tc, test_crc32c_agree);
 	tcase_add_loop_test(tc, test_hdr_invalid, 0,
 			    sizeof(bad_hdrs) / sizeof(bad_hdrs[0]));
 	tcase_add_test(tc, test_hdr_valid_types);
 	tcase_add_loop_test(tc, test_page_validate, 0,
 			    sizeof(page_cases) / sizeof(page_cases[0]));
 	tcase_add_test(tc, test_page_flags_rejected);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("bitmap");
+	tcase_add_test(tc, test_bitmap_apply_ok);
+	tcase_add_loop_test(tc, test_bitmap_apply_bad, 0,
+			    sizeof(bm_bad) / sizeof(bm_bad[0]));
+	tcase_add_loop_test(tc, test_bitmap_roundtrip, 0, 5);
+	tcase_add_test(tc, test_bitmap_encode_limits);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("payloads");
@@ -1444,6 +2262,15 @@ Suite *make_wire_suite(void)
 	tcase_add_test(tc, test_hs_garbage);
 	tcase_add_test(tc, test_hs_peer_closes);
 	tcase_add_test(tc, test_hs_timeout);
+	tcase_add_loop_test(tc, test_hs2_join, 0, 2);
+	tcase_add_loop_test(tc, test_hs2_unknown_session, 0, 2);
+	tcase_add_loop_test(tc, test_hs2_feature_missing, 0, 4);
+	tcase_add_loop_test(tc, test_hs2_psk_ok, 0, 3);
+	tcase_add_test(tc, test_hs2_psk_wrong);
+	tcase_add_loop_test(tc, test_hs2_psk_missing, 0, 2);
+	tcase_add_loop_test(tc, test_hs2_auth_before_data, 0, 3);
+	tcase_add_test(tc, test_hs2_dest_refuses_early_page);
+	tcase_add_test(tc, test_hs2_two_sources);
 	suite_add_tcase(s, tc);
 	return s;
 }

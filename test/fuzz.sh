@@ -1,11 +1,11 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
-# Build and run the libFuzzer harnesses (frame decoder, HELLO parser, request
-# parser) with clang's -fsanitize=fuzzer,address,undefined, straight from the
+# Build and run the libFuzzer harnesses (frame decoder incl. RECV_BITMAP,
+# HELLO parser, request parser, the whole handshake) with clang's -fsanitize=fuzzer,address,undefined, straight from the
 # stream/ sources (outside automake), each for a bounded time.
 #
 #   test/fuzz.sh [SECONDS] [HARNESS...]   run each harness SECONDS (default 60)
-#   test/fuzz.sh gen                      regenerate test/corpus/{frame,hello,req}
+#   test/fuzz.sh gen                      regenerate test/corpus/{frame,hello,req,handshake}
 #
 # Work files go to $FUZZ_OUT (default ${TMPDIR:-/tmp}/pcopy-fuzz); the checked-in
 # corpus under test/corpus/ is only read. Crashing inputs are saved in
@@ -23,7 +23,8 @@ fi
 [ -n "$cc" ] || { echo "fuzz.sh: clang not found (apt-get install clang-14)" >&2; exit 2; }
 
 cflags="-g -O1 -std=gnu11 -D_GNU_SOURCE -I$top/include -I$top/stream -I$top/test"
-srcs="$top/stream/wire.c $top/stream/codec.c"
+srcs="$top/stream/wire.c $top/stream/codec.c $top/stream/crc32c.c \
+	$top/stream/conn.c $top/stream/log.c $top/stream/auth.c $top/stream/sha256.c"
 mkdir -p "$out/crashes" || exit 2
 
 if [ "${1:-}" = gen ]; then
@@ -34,9 +35,9 @@ if [ "${1:-}" = gen ]; then
 fi
 
 secs=${1:-60}
-case "$secs" in ''|*[!0-9]*) echo "usage: $0 [SECONDS] [frame|hello|req ...] | gen" >&2; exit 2 ;; esac
+case "$secs" in ''|*[!0-9]*) echo "usage: $0 [SECONDS] [frame|hello|req|handshake ...] | gen" >&2; exit 2 ;; esac
 [ $# -gt 0 ] && shift
-harnesses=${*:-frame hello req}
+harnesses=${*:-frame hello req handshake}
 
 status=0
 for name in $harnesses; do
@@ -45,6 +46,7 @@ for name in $harnesses; do
 	frame) maxlen=65536 ;;
 	hello) maxlen=8192 ;;
 	req) maxlen=65600 ;;
+	handshake) maxlen=8192 ;;
 	*) echo "fuzz.sh: unknown harness $name" >&2; status=1; continue ;;
 	esac
 	if ! $cc $cflags -fsanitize=fuzzer,address,undefined \

@@ -3,7 +3,8 @@
  * libFuzzer harness for the frame decoding path a receiver runs on a byte
  * stream: wire_hdr_decode, wire_crc_check, wire_page_validate against a fixed
  * region table, then the payload decoders, with zlib inflating into a buffer
- * of exactly the validated size (so ASan sees any write past it).
+ * of exactly the validated size (so ASan sees any write past it); RECV_BITMAP
+ * through wire_bitmap_apply into exact-size bitmaps, checked by re-encoding.
  * Input: one mode byte (FUZZ_MODE_*), then the stream. Build: test/fuzz.sh.
  */
 #include <stdint.h>
@@ -69,8 +70,85 @@ static int decode_page(struct codec_zlib *z, const struct wire_hdr *h,
 	return ret;
 }
 
+/* Received bitmaps of the fuzz table (256, 2 and 4 host pages), each
+ * malloc'ed at its exact word count so ASan sees a write past one, and the
+ * position of the RECV_BITMAP sequence. */
+struct bitmap_state {
+	uint64_t *bits[FUZZ_NREGIONS];
+	uint64_t pages[FUZZ_NREGIONS];
+	uint32_t next_region;
+	uint64_t next_page;
+};
+
+static int bitmap_init(struct bitmap_state *b, const struct wire_region *tab)
+{
+	unsigned r;
+
+	memset(b, 0, sizeof(*b));
+	for (r = 0; r < FUZZ_NREGIONS; r++) {
+		b->pages[r] = tab[r].length / tab[r].host_page;
+		b->bits[r] = calloc((b->pages[r] + 63) / 64, 8);
+		if (!b->bits[r])
+			return -1;
+	}
+	return 0;
+}
+
+static void bitmap_free(struct bitmap_state *b)
+{
+	unsigned r;
+
+	for (r = 0; r < FUZZ_NREGIONS; r++)
+		free(b->bits[r]);
+}
+
+/*
+ * Apply one RECV_BITMAP. On success the message covered exactly
+ * [offset, offset + count) of the expected region, so re-encoding that range
+ * from the bitmap must give back the payload byte for byte (stray bits were
+ * refused); on failure the position must not have moved. After a complete
+ * bitmap start over, so later messages exercise the checks again.
+ */
+static void bitmap_msg(struct bitmap_state *b, const struct wire_hdr *h,
+		       const uint8_t *payload, const struct wire_region *tab)
+{
+	uint8_t enc[32];	/* 256 host pages: the largest region here */
+	uint32_t r0 = b->next_region;
+	uint64_t p0 = b->next_page;
+	struct wire_hdr e;
+	char err[256];
+	int ret, len;
+
+	err[0] = '\0';
+	ret = wire_bitmap_apply(h, payload, tab, FUZZ_NREGIONS,
+				&b->next_region, &b->next_page, b->bits, err,
+				sizeof(err));
+	if (ret < 0) {
+		if (err[0] == '\0' || b->next_region != r0 ||
+		    b->next_page != p0)
+			__builtin_trap();
+		return;
+	}
+	if (h->region != r0 || h->offset != p0 || h->count == 0 ||
+	    h->count > b->pages[r0] - p0 || (h->count + 7) / 8 > sizeof(enc))
+		__builtin_trap();
+	/* nbits = the end of this message's range: encode exactly it */
+	len = wire_bitmap_encode(r0, b->bits[r0], p0 + h->count, p0, &e, enc,
+				 sizeof(enc));
+	if (len < 0 || (uint32_t)len != h->length || e.count != h->count ||
+	    memcmp(enc, payload, (size_t)len) != 0)
+		__builtin_trap();
+	if (ret == 1) {
+		if (b->next_region != FUZZ_NREGIONS)
+			__builtin_trap();
+		b->next_region = 0;
+		b->next_page = 0;
+	}
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+	struct bitmap_state bm;
 	struct wire_region tab[FUZZ_NREGIONS];
 	static struct wire_hello hello;		/* large; keep it off the stack */
 	static struct wire_req reqs[PCOPY_REQ_MAX_ENTRIES];
@@ -88,8 +166,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	data++;
 	size--;
 	fuzz_table(tab, &ntab);
-	if (codec_zlib_new(&z, false, 0))
+	if (bitmap_init(&bm, tab)) {
+		bitmap_free(&bm);
 		return 0;
+	}
+	if (codec_zlib_new(&z, false, 0)) {
+		bitmap_free(&bm);
+		return 0;
+	}
 
 	while (size >= PCOPY_WIRE_HDR_SIZE) {
 		const uint8_t *hdr = data, *payload = data + PCOPY_WIRE_HDR_SIZE;
@@ -134,6 +218,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			wire_error_decode(payload, h.length, &errnum, text,
 					  sizeof(text));
 			break;
+		case PCOPY_MSG_RECV_BITMAP:
+			/* the header check guarantees the exact length */
+			if (h.count == 0 || h.length != (h.count + 7) / 8)
+				__builtin_trap();
+			bitmap_msg(&bm, &h, payload, tab);
+			break;
+		case PCOPY_MSG_PING:
+			if (h.length || h.kind || h.region || h.count || h.offset)
+				__builtin_trap();
+			break;
+		case PCOPY_MSG_AUTH:
+			if (h.length != 32 || (h.kind != PCOPY_AUTH_NONCE &&
+					       h.kind != PCOPY_AUTH_PROOF))
+				__builtin_trap();
+			break;
 		default:
 			break;
 		}
@@ -141,5 +240,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		size -= PCOPY_WIRE_HDR_SIZE + h.length;
 	}
 	codec_zlib_free(z);
+	bitmap_free(&bm);
 	return 0;
 }

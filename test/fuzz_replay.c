@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The fuzz harnesses as a regular check suite (program test/check_fuzz), so
+ * The fuzz harnesses (frame, hello, req, handshake) as a regular check suite (program test/check_fuzz), so
  * every `make check` (and the sanitizer build) replays the checked-in corpus
  * and a deterministic mini-fuzz: every prefix of every seed and every single
  * bit flip of the small ones. Also checks that the seeds are still valid
@@ -23,6 +23,9 @@
 #define LLVMFuzzerTestOneInput fuzz_req_one
 #include "fuzz_req.c"
 #undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput fuzz_handshake_one
+#include "fuzz_handshake.c"
+#undef LLVMFuzzerTestOneInput
 
 #ifndef FUZZ_CORPUS_DIR
 #define FUZZ_CORPUS_DIR "test/corpus"
@@ -42,6 +45,7 @@ static const struct {
 	{ "frame", fuzz_frame_one },
 	{ "hello", fuzz_hello_one },
 	{ "req", fuzz_req_one },
+	{ "handshake", fuzz_handshake_one },
 };
 
 struct seed {

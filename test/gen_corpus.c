@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Writes the fuzzers' seed corpus (test/corpus/{frame,hello,req}/) with the
- * real encoders, so the seeds are valid streams the decoders accept and the
- * fuzzers start deep inside the parsers. Usage: gen_corpus OUTDIR
+ * Writes the fuzzers' seed corpus (test/corpus/{frame,hello,req,handshake}/)
+ * with the real encoders, so the seeds are valid streams the decoders accept
+ * and the fuzzers start deep inside the parsers. Usage: gen_corpus OUTDIR
  */
 #include <errno.h>
 #include <stdio.h>
@@ -126,6 +126,36 @@ static int zlib_msg(struct sbuf *b, struct codec_zlib *z, uint32_t r,
 	return c > 0;
 }
 
+/* RECV_BITMAP messages covering the fuzz table: ram0 (256 host pages) as
+ * 101 + 155 with some bits set, huge (2) and small (4) whole. */
+static void bitmap_msgs(struct sbuf *b)
+{
+	struct wire_region tab[FUZZ_NREGIONS];
+	uint64_t bits[4] = { 0x00ff00ff00ff00ffull, 0x8000000000000001ull,
+			     0x0123456789abcdefull, ~0ull };
+	uint8_t pl[64];
+	struct wire_hdr h;
+	uint64_t first, pages, cap;
+	uint32_t n, r;
+	int len;
+
+	fuzz_table(tab, &n);
+	for (r = 0; r < n; r++) {
+		pages = tab[r].length / tab[r].host_page;
+		for (first = 0; first < pages; first += h.count) {
+			cap = (r == 0 && first == 0) ? 13 : sizeof(pl);
+			len = wire_bitmap_encode(r, bits, pages, first, &h, pl,
+						 cap);
+			if (len <= 0)
+				die("wire_bitmap_encode failed");
+			if (r == 0 && first == 0)	/* end mid-byte */
+				h.count = 101, len = 13, pl[12] &= 0x1f;
+			msg(b, PCOPY_MSG_RECV_BITMAP, 0, r, h.count, first, pl,
+			    (uint32_t)len);
+		}
+	}
+}
+
 static void gen_frames(const char *dir)
 {
 	static uint8_t page[4 * PCOPY_TARGET_PAGE];
@@ -196,7 +226,91 @@ static void gen_frames(const char *dir)
 	zlib_msg(&b, z, 2, 16384, 4, 6);
 	write_file(dir, "frame", "lax-pages", b.p, b.len);
 
+	/* A resumed destination: HELLO (RESUME), the received bitmap of the
+	 * whole table (ram0 in two pieces, the first ending mid-byte), the
+	 * pending requests, a keepalive. */
+	b.len = 0;
+	mode = FUZZ_MODE_ZLIB | FUZZ_MODE_STRICT_CRC;
+	put(&b, &mode, 1);
+	dst.conn_kind = PCOPY_CONN_RESUME;
+	dst.session_id = 0x1122334455667788ull;
+	dst.features |= PCOPY_FEAT_RESUME;
+	hello_msg(&b, &dst);
+	bitmap_msgs(&b);
+	msg(&b, PCOPY_MSG_REQ, 0, 0, 3, 0, rq, sizeof(rq));
+	msg(&b, PCOPY_MSG_PING, 0, 0, 0, 0, NULL, 0);
+	write_file(dir, "frame", "resume-stream", b.p, b.len);
+
+	/* AUTH nonce and proof, then keepalives and END. */
+	b.len = 0;
+	put(&b, &mode, 1);
+	memset(ebuf, 0xa5, 32);
+	msg(&b, PCOPY_MSG_AUTH, PCOPY_AUTH_NONCE, 0, 0, 0, ebuf, 32);
+	memset(ebuf, 0x5a, 32);
+	msg(&b, PCOPY_MSG_AUTH, PCOPY_AUTH_PROOF, 0, 0, 0, ebuf, 32);
+	msg(&b, PCOPY_MSG_PING, 0, 0, 0, 0, NULL, 0);
+	msg(&b, PCOPY_MSG_END, 0, 0, 0, 0, NULL, 0);
+	write_file(dir, "frame", "auth-ping", b.p, b.len);
+
 	codec_zlib_free(z);
+	free(b.p);
+}
+
+/* Handshake seeds: mode byte (fuzz_handshake.c) then what the peer says. */
+#define HS_SOURCE	0x01
+#define HS_PSK		0x02
+#define HS_SESSION	0x04
+
+static void hs_seed(const char *dir, const char *name, uint8_t mode,
+		    uint32_t peer_role, uint32_t kind, uint32_t features,
+		    int auth)
+{
+	struct wire_hello h = table_hello(peer_role, features);
+	struct sbuf b = { 0 };
+	uint8_t junk[32];
+
+	put(&b, &mode, 1);
+	h.conn_kind = kind;
+	if (peer_role == PCOPY_ROLE_DEST && kind == PCOPY_CONN_MAIN)
+		h.session_id = 0;
+	hello_msg(&b, &h);
+	if (auth) {
+		memset(junk, 0x11, sizeof(junk));
+		msg(&b, PCOPY_MSG_AUTH, PCOPY_AUTH_NONCE, 0, 0, 0, junk, 32);
+		memset(junk, 0x22, sizeof(junk));
+		msg(&b, PCOPY_MSG_AUTH, PCOPY_AUTH_PROOF, 0, 0, 0, junk, 32);
+	}
+	write_file(dir, "handshake", name, b.p, b.len);
+	free(b.p);
+}
+
+static void gen_handshakes(const char *dir)
+{
+	const uint32_t all = PCOPY_FEAT_ZLIB | PCOPY_FEAT_URGENT |
+			     PCOPY_FEAT_RESUME;
+	struct sbuf b = { 0 };
+	uint8_t ebuf[128], mode = 0;
+	size_t el;
+
+	/* We are the source: a destination opens MAIN, URGENT, RESUME. */
+	hs_seed(dir, "src-main", HS_SOURCE, PCOPY_ROLE_DEST, PCOPY_CONN_MAIN,
+		all, 0);
+	hs_seed(dir, "src-urgent", HS_SOURCE | HS_SESSION, PCOPY_ROLE_DEST,
+		PCOPY_CONN_URGENT, all, 0);
+	hs_seed(dir, "src-resume", HS_SOURCE | HS_SESSION, PCOPY_ROLE_DEST,
+		PCOPY_CONN_RESUME, all, 0);
+	hs_seed(dir, "src-psk", HS_SOURCE | HS_PSK, PCOPY_ROLE_DEST,
+		PCOPY_CONN_MAIN, all | PCOPY_FEAT_AUTH, 1);
+	/* We are the destination: the source answers. */
+	hs_seed(dir, "dst-main", 0, PCOPY_ROLE_SOURCE, PCOPY_CONN_MAIN, all, 0);
+	hs_seed(dir, "dst-psk", HS_PSK, PCOPY_ROLE_SOURCE, PCOPY_CONN_MAIN,
+		all | PCOPY_FEAT_AUTH, 1);
+	/* The source refuses with an ERROR. */
+	put(&b, &mode, 1);
+	el = wire_error_encode(EPROTO, "HELLO: URGENT connection for unknown "
+			       "session 0x0000000000000001", ebuf, sizeof(ebuf));
+	msg(&b, PCOPY_MSG_ERROR, 0, 0, 0, 0, ebuf, (uint32_t)el);
+	write_file(dir, "handshake", "dst-refused", b.p, b.len);
 	free(b.p);
 }
 
@@ -268,5 +382,6 @@ int main(int argc, char **argv)
 	gen_frames(argv[1]);
 	gen_hellos(argv[1]);
 	gen_reqs(argv[1]);
+	gen_handshakes(argv[1]);
 	return 0;
 }

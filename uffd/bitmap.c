@@ -30,13 +30,15 @@ void dbm_free(struct dest_bitmap *b)
 }
 
 /*
- * Acquire: a reader that sees `received` set must also see the page contents
- * placed by the ioctl before the bit was set (release in dbm_test_and_set).
- * Returns the bit. Any thread.
+ * Sequentially consistent, not just acquire: besides "a reader that sees
+ * `received` set sees the placed page", the fault thread (set `requested`,
+ * read `received`) and the receiver (set `received`, read `requested`) form
+ * a Dekker pair that lets the receiver place with DONTWAKE; on x86 a
+ * seq_cst load is a plain load. Returns the bit. Any thread.
  */
 bool dbm_test(const struct dest_bitmap *b, uint64_t i)
 {
-	uint64_t w = atomic_load_explicit(&b->w[i / 64], memory_order_acquire);
+	uint64_t w = atomic_load_explicit(&b->w[i / 64], memory_order_seq_cst);
 
 	return (w >> (i % 64)) & 1;
 }
@@ -46,7 +48,7 @@ bool dbm_test_and_set(struct dest_bitmap *b, uint64_t i)
 {
 	uint64_t m = 1ull << (i % 64);
 	uint64_t old = atomic_fetch_or_explicit(&b->w[i / 64], m,
-						memory_order_acq_rel);
+						memory_order_seq_cst);
 
 	return (old & m) != 0;
 }

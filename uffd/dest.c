@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The destination handle: create (validate, arm the userfaultfd), start
- * (handshake, two threads), wait, completion and failure, destroy.
+ * (handshake, the fault thread, the receiver, the optional reconnect
+ * thread), wait, completion and failure, destroy.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -41,7 +42,8 @@ uint64_t dest_missing(const struct pcopy_dest *d)
 	       atomic_load_explicit(&d->received, memory_order_acquire);
 }
 
-static void kick(int efd)
+/* Best effort. Any thread. */
+void dest_kick(int efd)
 {
 	uint64_t one = 1;
 
@@ -80,8 +82,9 @@ static void fail_record(struct pcopy_dest *d, int err, bool notify,
 	d->finishing = true;
 	pcopy_errslot_set(&d->err, &d->log, err, "%s", msg);
 	atomic_store_explicit(&d->failed, true, memory_order_release);
+	pthread_cond_broadcast(&d->rc_cond);	/* the reconnect thread gives up */
 	pthread_mutex_unlock(&d->lock);
-	kick(d->kick_efd);	/* SIGBUS mode: the fault thread wakes the waiters */
+	dest_kick(d->kick_efd);	/* SIGBUS mode: the fault thread wakes the waiters */
 	if (notify && d->on_event)
 		d->on_event(d->event_opaque, err);
 	release_waiters(d, err);
@@ -124,7 +127,7 @@ static void complete(struct pcopy_dest *d)
 	d->finishing = true;
 	pthread_mutex_unlock(&d->lock);
 
-	rc = dest_send(d, &h, NULL, 0);
+	rc = dest_send(d, DEST_MAIN, &h, NULL, 0);
 	if (rc < 0)
 		pcopy_log(&d->log, PCOPY_LOG_WARN,
 			  "restore complete, but sending DONE failed: %s",
@@ -139,23 +142,34 @@ static void complete(struct pcopy_dest *d)
 	release_waiters(d, 0);
 }
 
-/* Receiver thread (placement). */
-void dest_page_received(struct pcopy_dest *d)
+/* Receiver thread (placement) or fault thread (removed pages). */
+void dest_pages_received(struct pcopy_dest *d, uint64_t n)
 {
-	uint64_t v = atomic_fetch_add_explicit(&d->received, 1,
-					       memory_order_acq_rel) + 1;
+	uint64_t v = atomic_fetch_add_explicit(&d->received, n,
+					       memory_order_acq_rel) + n;
 
-	if (v == d->total_pages)
+	if (n && v == d->total_pages)
 		complete(d);
 }
 
-/* Returns 0 or -errno. Fault thread and receiver. */
-int dest_send(struct pcopy_dest *d, struct wire_hdr *h, const void *p, size_t len)
+/* Returns 0 or -errno (-ENOTCONN while paused). Any library thread. */
+int dest_send(struct pcopy_dest *d, unsigned which, struct wire_hdr *h,
+	      const void *p, size_t len)
 {
-	int rc;
+	int rc, fd;
 
 	pthread_mutex_lock(&d->wlock);
-	rc = d->fd >= 0 ? conn_send_msg(d->fd, h, p, len) : -ENOTCONN;
+	fd = d->wfd[which];
+	if (fd < 0 && which == DEST_URGENT)
+		fd = d->wfd[which = DEST_MAIN];
+	rc = fd >= 0 ? conn_send_msg(fd, h, p, len) : -ENOTCONN;
+	if (rc == 0)
+		atomic_store_explicit(&d->last_tx_ns[which], pcopy_now_ns(),
+				      memory_order_relaxed);
+	else if (fd >= 0)
+		/* The connection is broken: make sure the receiver sees it
+		 * too (it pauses, or fails without resume). */
+		shutdown(fd, SHUT_RDWR);
 	pthread_mutex_unlock(&d->wlock);
 	return rc;
 }
@@ -253,7 +267,13 @@ static int setup_regions(struct pcopy_dest *d, const struct pcopy_region *rg,
 	d->hello.version = PCOPY_WIRE_VERSION;
 	d->hello.role = PCOPY_ROLE_DEST;
 	d->hello.conn_kind = PCOPY_CONN_MAIN;
-	d->hello.features = (d->flags & PCOPY_DEST_NO_ZLIB) ? 0 : PCOPY_FEAT_ZLIB;
+	d->hello.features = PCOPY_FEAT_URGENT;
+	if (!(d->flags & PCOPY_DEST_NO_ZLIB))
+		d->hello.features |= PCOPY_FEAT_ZLIB;
+	if (!(d->flags & PCOPY_DEST_NO_RESUME))
+		d->hello.features |= PCOPY_FEAT_RESUME;
+	if (d->psk_len)
+		d->hello.features |= PCOPY_FEAT_AUTH;
 	d->hello.target_page = PCOPY_TARGET_PAGE;
 	d->hello.nregions = n;
 	for (i = 0; i < n; i++) {
@@ -272,6 +292,8 @@ static int setup_regions(struct pcopy_dest *d, const struct pcopy_region *rg,
 		rc = dbm_init(&r->requested, r->npages);
 		if (!rc)
 			rc = dbm_init(&r->received, r->npages);
+		if (!rc)
+			rc = dbm_init(&r->removed, r->npages);
 		if (rc)
 			return rc;
 		snprintf(d->hello.regions[i].name, sizeof(d->hello.regions[i].name),
@@ -302,6 +324,7 @@ int pcopy_dest_create(struct pcopy_dest **out, const struct pcopy_region *region
 	struct pcopy_logger lg;
 	struct pcopy_dest *d;
 	pthread_condattr_t ca;
+	unsigned i;
 	int rc, uffd_in;
 
 	pcopy_dest_opts_init(&o);
@@ -336,11 +359,25 @@ int pcopy_dest_create(struct pcopy_dest **out, const struct pcopy_region *region
 		rc = -EINVAL;
 		goto fail_early;
 	}
+	if (o.psk_len > 256 || (o.psk_len && !o.psk) || (!o.psk_len && o.psk)) {
+		pcopy_log(&lg, PCOPY_LOG_ERROR,
+			  "psk: %zu bytes at %p (need 1..256 bytes, or NULL and 0)",
+			  o.psk_len, o.psk);
+		rc = -EINVAL;
+		goto fail_early;
+	}
 	d = calloc(1, sizeof(*d));
 	if (!d) {
 		rc = -ENOMEM;
 		goto fail_early;
 	}
+	if (o.psk_len)
+		memcpy(d->psk, o.psk, o.psk_len);
+	d->psk_len = o.psk_len;
+	d->resume_deadline_ms = o.resume_deadline_ms ? o.resume_deadline_ms : 60000;
+	d->keepalive_ms = o.keepalive_ms > 0 ? o.keepalive_ms : 10000;
+	d->connect = o.connect;
+	d->connect_opaque = o.connect_opaque;
 	d->log = lg;
 	d->on_event = o.on_event;
 	d->event_opaque = o.event_opaque;
@@ -348,13 +385,19 @@ int pcopy_dest_create(struct pcopy_dest **out, const struct pcopy_region *region
 	d->flags = o.flags;
 	d->handshake_timeout_ms = o.handshake_timeout_ms > 0 ? o.handshake_timeout_ms
 							     : 10000;
-	d->uffd = d->fd = d->stop_efd = d->kick_efd = -1;
+	d->uffd = d->stop_efd = d->kick_efd = d->recv_efd = -1;
+	for (i = 0; i < DEST_NCONN; i++) {
+		d->wfd[i] = d->handoff[i] = d->conn[i].fd = -1;
+		d->conn[i].idx = i;
+	}
 	pcopy_errslot_init(&d->err);
 	pthread_mutex_init(&d->lock, NULL);
 	pthread_mutex_init(&d->wlock, NULL);
+	pthread_mutex_init(&d->resume_lock, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&d->cond, &ca);
+	pthread_cond_init(&d->rc_cond, &ca);
 	pthread_condattr_destroy(&ca);
 
 	rc = setup_regions(d, regions, n);
@@ -362,7 +405,8 @@ int pcopy_dest_create(struct pcopy_dest **out, const struct pcopy_region *region
 		goto fail;
 	d->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	d->kick_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (d->stop_efd < 0 || d->kick_efd < 0) {
+	d->recv_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (d->stop_efd < 0 || d->kick_efd < 0 || d->recv_efd < 0) {
 		rc = -errno;
 		goto fail;
 	}
@@ -385,12 +429,13 @@ fail_early:
 
 /* ---- start ---- */
 
-static int start_thread(struct pcopy_dest *d, pthread_t *t, void *(*fn)(void *))
+/* Library threads take no asynchronous signals meant for the app.
+ * Returns 0 or -errno. Caller's thread. */
+int dest_start_thread(struct pcopy_dest *d, pthread_t *t, void *(*fn)(void *))
 {
 	sigset_t all, old;
 	int rc;
 
-	/* Library threads take no asynchronous signals meant for the app. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	rc = pthread_create(t, NULL, fn, d);
@@ -402,6 +447,7 @@ static int start_thread(struct pcopy_dest *d, pthread_t *t, void *(*fn)(void *))
 int pcopy_dest_start(struct pcopy_dest *d, int fd)
 {
 	char err[PCOPY_ERRMSG_MAX];
+	struct conn_hs_params hp;
 	struct wire_hello peer;
 	uint32_t feat = 0;
 	int rc, fl;
@@ -411,45 +457,63 @@ int pcopy_dest_start(struct pcopy_dest *d, int fd)
 			close(fd);
 		return -EINVAL;
 	}
-	if (d->fd >= 0 || d->finishing) {
+	if (d->started || d->finishing) {
 		close(fd);
 		return -EALREADY;
 	}
-	d->fd = fd;
+	d->started = true;
 	/* Writes (REQ) block rather than fail with EAGAIN; destroy unblocks
 	 * them with shutdown(). */
 	fl = fcntl(fd, F_GETFL);
 	if (fl >= 0 && (fl & O_NONBLOCK))
 		fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
 	err[0] = 0;
-	rc = conn_handshake(fd, &d->hello, &peer, &feat, d->handshake_timeout_ms,
-			    err, sizeof(err));
+	hp = (struct conn_hs_params){ .psk = d->psk_len ? d->psk : NULL,
+				      .psk_len = d->psk_len,
+				      .timeout_ms = d->handshake_timeout_ms };
+	rc = conn_handshake2(fd, &d->hello, &peer, &feat, &hp, err, sizeof(err));
 	if (rc < 0) {
+		close(fd);
 		fail_sync(d, rc, "handshake: %s", err[0] ? err : strerror(-rc));
 		return rc;
 	}
 	d->features = feat;
+	d->session_id = peer.session_id;
 	rc = dest_recv_init(d);
 	if (rc < 0) {
+		close(fd);
 		fail_sync(d, rc, "receiver setup: %s", strerror(-rc));
 		return rc;
 	}
+	d->wfd[DEST_MAIN] = fd;
+	d->conn[DEST_MAIN].fd = fd;
+	d->conn[DEST_MAIN].last_rx_ns = pcopy_now_ns();
+	atomic_store(&d->last_tx_ns[DEST_MAIN], pcopy_now_ns());
 	atomic_store(&d->start_ns, pcopy_now_ns());
-	rc = start_thread(d, &d->fault_thr, dest_fault_main);
+	rc = dest_start_thread(d, &d->fault_thr, dest_fault_main);
 	if (rc < 0) {
 		fail_sync(d, rc, "starting the fault thread: %s", strerror(-rc));
 		return rc;
 	}
 	d->fault_thr_on = true;
-	rc = start_thread(d, &d->recv_thr, dest_recv_main);
+	rc = dest_start_thread(d, &d->recv_thr, dest_recv_main);
 	if (rc < 0) {
 		fail_sync(d, rc, "starting the receiver: %s", strerror(-rc));
 		return rc;
 	}
 	d->recv_thr_on = true;
+	if (d->connect) {
+		rc = dest_start_thread(d, &d->rc_thr, dest_reconnect_main);
+		if (rc < 0) {
+			fail_sync(d, rc, "starting the reconnect thread: %s",
+				  strerror(-rc));
+			return rc;
+		}
+		d->rc_thr_on = true;
+	}
 	pcopy_log(&d->log, PCOPY_LOG_INFO,
-		  "restore started: %u regions, %" PRIu64 " host pages, features 0x%x",
-		  d->nreg, d->total_pages, feat);
+		  "restore started: %u regions, %" PRIu64 " host pages, features 0x%x, session %016" PRIx64,
+		  d->nreg, d->total_pages, feat, d->session_id);
 	return 0;
 }
 
@@ -540,10 +604,20 @@ void pcopy_dest_destroy(struct pcopy_dest *d)
 	if (!d)
 		return;
 	atomic_store(&d->stopping, true);
-	kick(d->stop_efd);
-	/* Unblocks a REQ/DONE write stuck on a full socket. */
-	if (d->fd >= 0)
-		shutdown(d->fd, SHUT_RDWR);
+	dest_kick(d->stop_efd);
+	pthread_mutex_lock(&d->lock);
+	pthread_cond_broadcast(&d->rc_cond);
+	pthread_mutex_unlock(&d->lock);
+	/* Unblocks a REQ/DONE write stuck on a full socket. Not under wlock:
+	 * the writer stuck holds it; the fds stay open until the joins. */
+	for (i = 0; i < DEST_NCONN; i++) {
+		if (d->wfd[i] >= 0)
+			shutdown(d->wfd[i], SHUT_RDWR);
+		if (d->conn[i].fd >= 0)
+			shutdown(d->conn[i].fd, SHUT_RDWR);
+	}
+	if (d->rc_thr_on)
+		pthread_join(d->rc_thr, NULL);
 	if (d->fault_thr_on)
 		pthread_join(d->fault_thr, NULL);
 	if (d->recv_thr_on)
@@ -558,19 +632,33 @@ void pcopy_dest_destroy(struct pcopy_dest *d)
 				  dest_missing(d));
 		close(d->uffd);
 	}
-	if (d->fd >= 0)
-		close(d->fd);
+	for (i = 0; i < DEST_NCONN; i++) {
+		/* wfd[i] is conn[i].fd or a connection the receiver never
+		 * took; handoff[i] likewise */
+		if (d->conn[i].fd >= 0)
+			close(d->conn[i].fd);
+		if (d->wfd[i] >= 0 && d->wfd[i] != d->conn[i].fd &&
+		    d->wfd[i] != d->handoff[i])
+			close(d->wfd[i]);
+		if (d->handoff[i] >= 0 && d->handoff[i] != d->conn[i].fd)
+			close(d->handoff[i]);
+	}
 	if (d->stop_efd >= 0)
 		close(d->stop_efd);
 	if (d->kick_efd >= 0)
 		close(d->kick_efd);
+	if (d->recv_efd >= 0)
+		close(d->recv_efd);
 	for (i = 0; i < d->nreg; i++) {
 		dbm_free(&d->reg[i].requested);
 		dbm_free(&d->reg[i].received);
+		dbm_free(&d->reg[i].removed);
 	}
 	if (d->fault_ns)
 		munmap(d->fault_ns, d->fault_ns_bytes);
 	pthread_cond_destroy(&d->cond);
+	pthread_cond_destroy(&d->rc_cond);
+	pthread_mutex_destroy(&d->resume_lock);
 	pthread_mutex_destroy(&d->wlock);
 	pthread_mutex_destroy(&d->lock);
 	pcopy_errslot_destroy(&d->err);

@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The fault thread: reads userfaultfd page-fault messages in batches, turns
- * the first fault on each host page into a REQ entry (one REQ message per
- * batch), wakes faults on pages that landed meanwhile, and after a fatal
- * error holds the faulting threads (BLOCK) or sends them SIGBUS (SIGBUS).
+ * The fault thread: drains userfaultfd messages (events first), turns the
+ * first fault on each host page into a REQ entry (one REQ message per batch,
+ * on the urgent connection if any), wakes faults on pages that landed
+ * meanwhile, zero-fills removed pages, and after a fatal error holds the
+ * faulting threads (BLOCK) or sends them SIGBUS (SIGBUS).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -17,7 +18,8 @@
 #include "internal.h"
 #include "uffd_compat.h"
 
-#define FAULT_BATCH 64	/* uffd_msg per read(); also REQ entries per message */
+#define FAULT_MSGS 256	/* uffd_msg held between two resolutions */
+#define FAULT_BATCH 256	/* REQ entries per message */
 
 struct fault_batch {
 	struct wire_req req[FAULT_BATCH];
@@ -74,41 +76,11 @@ static void sigbus_thread(struct pcopy_dest *d, struct fault_batch *b,
 			  (int)tid, strerror(errno));
 }
 
-static void handle_fault(struct pcopy_dest *d, struct fault_batch *b,
-			 const struct uffd_msg *m)
+static void pause_1ms(void)
 {
-	uint64_t addr = m->arg.pagefault.address;
-	struct dest_region *r = dest_find_region(d, addr);
-	uint64_t hp, base;
+	struct timespec ts = { 0, 1000000 };
 
-	DEST_STAT_ADD(d, faults, 1);
-	if (!r) {
-		pcopy_log(&d->log, PCOPY_LOG_WARN,
-			  "fault at 0x%" PRIx64 " outside every region: ignored", addr);
-		return;
-	}
-	hp = (addr - (uintptr_t)r->host) >> r->shift;
-	base = (uintptr_t)r->host + (hp << r->shift);
-	if (dbm_test(&r->received, hp)) {
-		/* Placed between the fault and our read(): the COPY's own
-		 * wake-up may have come before this thread slept. */
-		place_wake(d, base, r->page_size, true);
-		return;
-	}
-	if (atomic_load_explicit(&d->failed, memory_order_acquire)) {
-		if (d->fail_mode == PCOPY_FAIL_SIGBUS)
-			sigbus_thread(d, b, m);
-		return;	/* BLOCK: the thread waits until destroy */
-	}
-	if (dbm_test_and_set(&r->requested, hp))
-		return;	/* already asked for; its arrival wakes everyone */
-	atomic_store_explicit(&d->fault_ns[r->first + hp], pcopy_now_ns(),
-			      memory_order_relaxed);
-	b->req[b->n++] = (struct wire_req){
-		.region = (uint32_t)(r - d->reg),
-		.count = (uint32_t)(r->page_size / PCOPY_TARGET_PAGE),
-		.offset = hp << r->shift,
-	};
+	nanosleep(&ts, NULL);
 }
 
 static void send_batch(struct pcopy_dest *d, struct fault_batch *b)
@@ -127,33 +99,137 @@ static void send_batch(struct pcopy_dest *d, struct fault_batch *b)
 		return;
 	}
 	wire_req_encode(b->req, b->n, buf);
-	rc = dest_send(d, &h, buf, h.length);
-	if (rc < 0)
-		dest_fail(d, rc,
-			  "sending a request for %u host pages to the source: %s (%" PRIu64 " host pages missing)",
-			  b->n, strerror(-rc), dest_missing(d));
+	/* The urgent connection when there is one: its answers do not queue
+	 * behind background data. */
+	rc = dest_send(d, DEST_URGENT, &h, buf, h.length);
+	/* -ENOTCONN: paused; another error: dest_send shut the connection
+	 * down and the receiver pauses. Either way the `requested` bits keep
+	 * these pages, and a resume sends them again. */
+	if (rc < 0 && rc != -ENOTCONN)
+		pcopy_log(&d->log, PCOPY_LOG_DEBUG,
+			  "sending a request for %u host pages: %s (resent after a resume)",
+			  b->n, strerror(-rc));
 	DEST_STAT_ADD(d, requests, b->n);
 	DEST_STAT_ADD(d, request_msgs, 1);
 	b->n = 0;
 }
 
-static void pause_1ms(void)
+/* Returns 0, or -EAGAIN if an unread event must be drained first. */
+static int handle_fault(struct pcopy_dest *d, struct fault_batch *b,
+			const struct uffd_msg *m)
 {
-	struct timespec ts = { 0, 1000000 };
+	uint64_t addr = m->arg.pagefault.address;
+	struct dest_region *r = dest_find_region(d, addr);
+	uint64_t hp, base;
 
-	nanosleep(&ts, NULL);
+	if (!r) {
+		pcopy_log(&d->log, PCOPY_LOG_WARN,
+			  "fault at 0x%" PRIx64 " outside every region: ignored", addr);
+		return 0;
+	}
+	hp = (addr - (uintptr_t)r->host) >> r->shift;
+	base = (uintptr_t)r->host + (hp << r->shift);
+	if (dbm_test(&r->removed, hp))
+		/* Removed by the application (balloon): zeros, locally. */
+		return ev_zero_fill(d, r, hp);
+	if (dbm_test(&r->received, hp)) {
+		/* Placed between the fault and our read(): the COPY's own
+		 * wake-up may have come before this thread slept. */
+		place_wake(d, base, r->page_size, true);
+		return 0;
+	}
+	if (atomic_load_explicit(&d->failed, memory_order_acquire)) {
+		if (d->fail_mode == PCOPY_FAIL_SIGBUS)
+			sigbus_thread(d, b, m);
+		return 0;	/* BLOCK: the thread waits until destroy */
+	}
+	if (dbm_test_and_set(&r->requested, hp))
+		return 0;	/* already asked for; its arrival wakes everyone */
+	atomic_store_explicit(&d->fault_ns[r->first + hp], pcopy_now_ns(),
+			      memory_order_relaxed);
+	if (dbm_test(&r->received, hp)) {
+		/* Landed just now, maybe placed with DONTWAKE before the
+		 * receiver could see our `requested` bit. */
+		place_wake(d, base, r->page_size, true);
+		return 0;
+	}
+	b->req[b->n++] = (struct wire_req){
+		.region = (uint32_t)(r - d->reg),
+		.count = (uint32_t)(r->page_size / PCOPY_TARGET_PAGE),
+		.offset = hp << r->shift,
+	};
+	if (b->n == FAULT_BATCH)
+		send_batch(d, b);
+	return 0;
+}
+
+/*
+ * Read every message available, handling events (REMOVE, UNMAP, ...) at
+ * once and queueing faults behind *nf: the kernel hands out pending faults
+ * before events, and while a REMOVE is unread UFFDIO_COPY/ZEROPAGE fail
+ * with EAGAIN, so no fault is resolved before everything was read.
+ * Returns messages read.
+ */
+static unsigned drain(struct pcopy_dest *d, struct uffd_msg *faults,
+		      unsigned *nf)
+{
+	struct uffd_msg msg[32];
+	unsigned total = 0;
+	int i;
+
+	while (*nf + 32 <= FAULT_MSGS) {
+		ssize_t n = read(d->uffd, msg, sizeof(msg));
+
+		if (n <= 0) {
+			if (n < 0 && errno != EAGAIN && errno != EINTR) {
+				pcopy_log(&d->log, PCOPY_LOG_ERROR,
+					  "fault thread: read(userfaultfd): %s",
+					  strerror(errno));
+				pause_1ms();
+			}
+			break;
+		}
+		for (i = 0; i < (int)(n / (ssize_t)sizeof(msg[0])); i++) {
+			total++;
+			if (msg[i].event == UFFD_EVENT_PAGEFAULT) {
+				DEST_STAT_ADD(d, faults, 1);
+				faults[(*nf)++] = msg[i];
+			} else {
+				ev_handle(d, &msg[i]);
+			}
+		}
+		if ((size_t)n < sizeof(msg))
+			break;
+	}
+	return total;
+}
+
+/* Resolve the queued faults; those that meet an unread event go back to the
+ * queue and wait for the next drain. */
+static void resolve(struct pcopy_dest *d, struct fault_batch *b,
+		    struct uffd_msg *faults, unsigned *nf)
+{
+	unsigned i, keep = 0;
+
+	for (i = 0; i < *nf; i++)
+		if (handle_fault(d, b, &faults[i]) == -EAGAIN)
+			faults[keep++] = faults[i];
+	*nf = keep;
+	if (b->n)
+		send_batch(d, b);
 }
 
 /*
  * Thread body: runs from pcopy_dest_start until destroy writes stop_efd,
  * even after completion or failure (it must keep holding or signalling the
- * faulting threads). Returns NULL. Fault thread.
+ * faulting threads, and reading events). Returns NULL. Fault thread.
  */
 void *dest_fault_main(void *arg)
 {
 	struct pcopy_dest *d = arg;
-	struct uffd_msg msg[FAULT_BATCH];
+	struct uffd_msg faults[FAULT_MSGS];
 	struct fault_batch b = { .n = 0 };
+	unsigned nf = 0;
 	bool woke_all = false;
 	struct pollfd p[3] = {
 		{ .fd = d->uffd, .events = POLLIN },
@@ -162,10 +238,8 @@ void *dest_fault_main(void *arg)
 	};
 
 	for (;;) {
-		ssize_t n;
-		int i;
-
-		if (poll(p, 3, -1) < 0) {
+		/* Faults waiting on an unread event: look again soon. */
+		if (poll(p, 3, nf ? 1 : -1) < 0) {
 			if (errno != EINTR) {
 				pcopy_log(&d->log, PCOPY_LOG_ERROR,
 					  "fault thread: poll: %s", strerror(errno));
@@ -187,28 +261,11 @@ void *dest_fault_main(void *arg)
 			woke_all = true;
 			wake_unreceived(d);
 		}
-		if (!(p[0].revents & (POLLIN | POLLERR | POLLHUP)))
-			continue;
-		n = read(d->uffd, msg, sizeof(msg));
-		if (n < 0) {
-			if (errno != EAGAIN && errno != EINTR) {
-				pcopy_log(&d->log, PCOPY_LOG_ERROR,
-					  "fault thread: read(userfaultfd): %s",
-					  strerror(errno));
-				pause_1ms();
-			}
-			continue;
+		if ((p[0].revents & (POLLIN | POLLERR | POLLHUP)) || nf) {
+			while (drain(d, faults, &nf) && nf < FAULT_MSGS - 32)
+				;
+			resolve(d, &b, faults, &nf);
 		}
-		for (i = 0; i < (int)(n / (ssize_t)sizeof(msg[0])); i++) {
-			if (msg[i].event != UFFD_EVENT_PAGEFAULT) {
-				pcopy_log(&d->log, PCOPY_LOG_DEBUG,
-					  "ignoring userfaultfd event %u", msg[i].event);
-				continue;
-			}
-			handle_fault(d, &b, &msg[i]);
-		}
-		if (b.n)
-			send_batch(d, &b);
 	}
 	return NULL;
 }

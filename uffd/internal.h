@@ -57,6 +57,7 @@ struct dest_counters {
 	_Atomic uint64_t bytes_wire, bytes_payload;
 	_Atomic uint64_t faults, requests, request_msgs;
 	_Atomic uint64_t duplicates, wakes, copy_retries;
+	_Atomic uint64_t breaks, resent_pages, urgent_pages;
 	struct dest_hist lat;	/* fault -> placed, ns */
 };
 
@@ -80,7 +81,8 @@ struct dest_region {
 	uint64_t npages;	/* host pages */
 	uint64_t first;		/* index of host page 0 in dest->fault_ns */
 	struct dest_bitmap requested;	/* set by the fault thread */
-	struct dest_bitmap received;	/* set by the receiver after the ioctl */
+	struct dest_bitmap received;	/* placed (receiver) or removed (fault thread) */
+	struct dest_bitmap removed;	/* UFFD_EVENT_REMOVE seen: zeros, never fetched */
 };
 
 /* The host page being assembled from PAGE frames (receiver only). */
@@ -91,7 +93,38 @@ struct dest_asm {
 	uint32_t next_tp;	/* next target page expected */
 	uint32_t ntp;		/* target pages per host page */
 	bool all_zero;		/* every frame so far was ZERO */
+	size_t pos;		/* where in staging it is assembled */
 };
+
+/*
+ * Consecutive whole host pages of one region waiting to be placed with one
+ * ioctl: data runs sit at the start of the connection's staging area, zero
+ * runs need no data. Placing 64 KiB+ per UFFDIO_COPY instead of 4 KiB is
+ * what makes the receiver fast (receiver only).
+ */
+struct dest_run {
+	unsigned region;
+	uint64_t hp;		/* first host page */
+	uint32_t n;		/* host pages, 0 = empty */
+	bool zero;		/* UFFDIO_ZEROPAGE run */
+	bool wanted;		/* a page in it was requested: place it now */
+};
+
+/* One connection to the source as the receiver sees it. */
+struct dest_conn {
+	int fd;			/* -1: none */
+	unsigned idx;		/* DEST_MAIN or DEST_URGENT */
+	bool queued;		/* a recv SQE is in flight */
+	uint8_t *rbuf;		/* received bytes, cut into messages */
+	size_t rcap, head, tail, need;
+	uint64_t last_rx_ns;
+	struct dest_asm cur;
+	struct dest_run run;
+	uint8_t *staging;	/* page aligned, scap bytes */
+	size_t scap;
+};
+
+enum { DEST_MAIN = 0, DEST_URGENT = 1, DEST_NCONN = 2 };
 
 struct pcopy_dest {
 	struct pcopy_logger log;
@@ -101,6 +134,12 @@ struct pcopy_dest {
 	enum pcopy_fail_mode fail_mode;
 	unsigned flags;		/* PCOPY_DEST_* */
 	int handshake_timeout_ms;
+	int resume_deadline_ms;	/* < 0: forever */
+	int keepalive_ms;
+	pcopy_connect_fn connect;
+	void *connect_opaque;
+	uint8_t psk[256];
+	size_t psk_len;		/* 0: no authentication */
 
 	struct dest_region reg[PCOPY_REGIONS_MAX];
 	unsigned nreg;
@@ -117,30 +156,44 @@ struct pcopy_dest {
 				   no tgkill possible from here */
 
 	int uffd;
-	int fd;			/* the connection, -1 before start */
 	int stop_efd;		/* written once by destroy; polled, never read */
-	int kick_efd;		/* receiver -> fault thread: "failed, look" */
-	struct wire_hello hello;	/* ours */
+	int kick_efd;		/* -> fault thread: "failed, look" */
+	int recv_efd;		/* -> receiver: "a connection was handed in" */
+	struct wire_hello hello;	/* ours (MAIN) */
 	uint32_t features;	/* negotiated PCOPY_FEAT_* */
+	uint64_t session_id;	/* from the source's MAIN HELLO */
+	bool started;
 
-	pthread_mutex_t wlock;	/* serialises writes to fd (REQ, DONE, ERROR) */
-	bool fault_thr_on, recv_thr_on;
-	pthread_t fault_thr, recv_thr;
+	/* Writers (REQ, DONE, PING, ERROR) use wfd[] under wlock; -1 while
+	 * paused, so the fault thread's sends fail with -ENOTCONN and its
+	 * requests stay recorded in the `requested` bitmaps. */
+	pthread_mutex_t wlock;
+	int wfd[DEST_NCONN];
+	_Atomic uint64_t last_tx_ns[DEST_NCONN];
+
+	/* Hand-off of new connections to the receiver, under `lock`. */
+	int handoff[DEST_NCONN];
+	pthread_mutex_t resume_lock;	/* one resume / add_urgent at a time */
+	bool had_urgent;		/* reconnect the urgent one too */
+	_Atomic int paused;
+	uint64_t paused_ns;		/* when the current pause began (under lock) */
+	pthread_cond_t rc_cond;		/* reconnect thread sleeps here (lock) */
+
+	bool fault_thr_on, recv_thr_on, rc_thr_on;
+	pthread_t fault_thr, recv_thr, rc_thr;
 
 	/* receiver state (receiver thread only once started) */
 	struct io_uring ring;
 	bool ring_on;
-	uint8_t *rbuf;
-	size_t rcap;
-	uint8_t *staging;	/* one host page, page aligned */
+	struct dest_conn conn[DEST_NCONN];
 	uint8_t *zero;		/* PROT_READ anonymous: reads as zeros, costs nothing */
 	struct codec_zlib *zlib;
-	struct dest_asm cur;
+	char break_why[PCOPY_ERRMSG_MAX];	/* why the current pause began */
 
 	_Atomic uint64_t received;	/* host pages received, all regions */
 	_Atomic bool failed;	/* the restore failed; fault thread checks it */
 
-	pthread_mutex_t lock;	/* protects finishing/done/result; waiters sleep on cond */
+	pthread_mutex_t lock;	/* protects finishing/done/result, hand-off; waiters sleep on cond */
 	pthread_cond_t cond;
 	bool finishing;		/* completion or failure claimed (first wins) */
 	bool done;		/* ... and finished: waiters may return */
@@ -159,12 +212,19 @@ void dest_fail(struct pcopy_dest *d, int err, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 /* Host pages not yet received. Any thread. */
 uint64_t dest_missing(const struct pcopy_dest *d);
-/* Count one received host page; completes the restore on the last. Receiver. */
-void dest_page_received(struct pcopy_dest *d);
-/* Send one message on the connection under wlock. Any library thread. */
-int dest_send(struct pcopy_dest *d, struct wire_hdr *h, const void *p, size_t len);
+/* Count n newly received host pages; completes the restore on the last.
+ * Receiver or fault thread (removed pages). */
+void dest_pages_received(struct pcopy_dest *d, uint64_t n);
+/* Send one message on connection `which` (falls back to MAIN if there is
+ * no urgent one) under wlock. -ENOTCONN while paused. Any library thread. */
+int dest_send(struct pcopy_dest *d, unsigned which, struct wire_hdr *h,
+	      const void *p, size_t len);
 /* The region holding addr, or NULL. Lock-free, O(log n). */
 struct dest_region *dest_find_region(struct pcopy_dest *d, uint64_t addr);
+/* Start a library thread with every signal blocked. Returns 0 or -errno. */
+int dest_start_thread(struct pcopy_dest *d, pthread_t *t, void *(*fn)(void *));
+/* Write 1 to an eventfd (best effort). */
+void dest_kick(int efd);
 
 /* ---- uffd_open.c ---- */
 
@@ -176,13 +236,50 @@ void dest_uffd_unregister(struct pcopy_dest *d);
 
 /* ---- place.c (receiver thread, except place_wake) ---- */
 
-/* Place host page hp of r from src (a host page, page aligned), or zeros if
- * src is NULL. Returns 0 placed, 1 already present (duplicate), or -errno
- * after recording the error with dest_fail. */
-int place_host_page(struct pcopy_dest *d, struct dest_region *r, uint64_t hp,
-		    const void *src);
+/* Place the run of conn c (data from c->staging) and empty it. Pages
+ * received or removed meanwhile are skipped. Returns 0 or -errno after
+ * recording the error with dest_fail. Receiver thread. */
+int place_run(struct pcopy_dest *d, struct dest_conn *c);
 /* UFFDIO_WAKE [addr, addr+len). Returns 0 or -errno (logged). Any thread. */
 int place_wake(struct pcopy_dest *d, uint64_t addr, uint64_t len, bool present);
+
+/* ---- assemble.c (receiver thread) ---- */
+
+/* Why the receive loop must stop or pause. */
+enum recv_end {
+	RECV_GO = 0,	/* carry on */
+	RECV_STOP,	/* complete, or destroy */
+	RECV_FAIL,	/* fatal: dest_fail was called, tell the source */
+	RECV_PEER_FAIL,	/* fatal, the source said so or left: do not answer */
+	RECV_BREAK,	/* the connection is unusable: pause (break_why says why) */
+};
+
+/* Cut c's buffered bytes into messages and handle the whole ones. */
+enum recv_end asm_parse(struct pcopy_dest *d, struct dest_conn *c);
+/* Drop the partial host page and the unplaced run (after a break). */
+void asm_reset(struct dest_conn *c);
+/* Record why a connection broke; returns RECV_BREAK, or RECV_FAIL after
+ * dest_fail when resuming is impossible. Receiver thread. */
+enum recv_end dest_break(struct pcopy_dest *d, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* ---- events.c (fault thread) ---- */
+
+struct uffd_msg;
+
+/* Handle a non-fault userfaultfd message (REMOVE, UNMAP, REMAP, FORK). */
+void ev_handle(struct pcopy_dest *d, const struct uffd_msg *m);
+/* Resolve a fault on a removed host page with zeros. Returns 0, or -EAGAIN
+ * when an event must be read first. Fault thread. */
+int ev_zero_fill(struct pcopy_dest *d, struct dest_region *r, uint64_t hp);
+
+/* ---- resume.c ---- */
+
+/* Thread body of the reconnect thread (opts.connect set). */
+void *dest_reconnect_main(void *arg);
+/* Our HELLO for a connection of this kind. */
+void dest_hello_for(const struct pcopy_dest *d, uint32_t kind,
+		    struct wire_hello *h);
 
 /* ---- fault.c / receiver.c ---- */
 

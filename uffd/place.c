@@ -13,7 +13,6 @@
 #include "internal.h"
 #include "uffd_compat.h"
 
-#define PLACE_MAX_RETRIES 1000	/* EAGAIN without progress, ~10 us apart */
 
 /* UFFDIO_WAKE [addr, addr+len); counted in stats.wakes if `present` (the
  * statistic is about pages found present). Returns 0 or -errno (logged).
@@ -34,22 +33,40 @@ int place_wake(struct pcopy_dest *d, uint64_t addr, uint64_t len, bool present)
 	return 0;
 }
 
-/* Mark hp received (after the ioctl, so a reader of the bit sees a present
- * page), take the latency sample if it was requested, count it. */
-static void page_done(struct pcopy_dest *d, struct dest_region *r, uint64_t hp)
+/*
+ * Host pages [hp, hp + n) of r are in place: mark them received (after the
+ * ioctl, so a reader of the bit sees a present page), take latency samples
+ * of requested ones, count them. Returns true if a page was requested:
+ * placed with DONTWAKE, its waiters need a UFFDIO_WAKE. The fault thread
+ * sets `requested` before re-reading `received` (seq_cst on both sides), so
+ * either it sees the page present or we see the request.
+ */
+static bool pages_done(struct pcopy_dest *d, struct dest_region *r, uint64_t hp,
+		       uint64_t n)
 {
-	if (dbm_test_and_set(&r->received, hp))
-		return;	/* cannot happen: the receiver is the only setter */
-	if (dbm_test(&r->requested, hp)) {
-		/* 0 if the fault thread set `requested` but has not stored
-		 * the time yet: that sample is simply lost. */
-		uint64_t t = atomic_exchange_explicit(&d->fault_ns[r->first + hp],
-						      0, memory_order_relaxed);
+	uint64_t i, fresh = 0, now = 0;
+	bool req = false;
 
-		if (t)
-			dest_hist_add(&d->st.lat, pcopy_now_ns() - t);
+	for (i = hp; i < hp + n; i++) {
+		if (dbm_test_and_set(&r->received, i))
+			continue;	/* removed meanwhile: counted there */
+		fresh++;
+		if (dbm_test(&r->requested, i)) {
+			/* 0 if the fault thread set `requested` but has not
+			 * stored the time yet: that sample is lost. */
+			uint64_t t = atomic_exchange_explicit(&d->fault_ns[r->first + i],
+							      0, memory_order_relaxed);
+
+			req = true;
+			if (t) {
+				if (!now)
+					now = pcopy_now_ns();
+				dest_hist_add(&d->st.lat, now - t);
+			}
+		}
 	}
-	dest_page_received(d);
+	dest_pages_received(d, fresh);
+	return req;
 }
 
 /* Free huge pages of this size, or -1 if unknown; for the error message. */
@@ -78,35 +95,48 @@ static void tiny_sleep(void)
 	nanosleep(&ts, NULL);
 }
 
+/* EAGAIN without progress: the mm is changing (a REMOVE/UNMAP event not
+ * yet read by the fault thread) or a transient failure. How long to retry. */
+#define PLACE_EAGAIN_NS (5ull * 1000000000ull)
+
 /*
- * Place host page hp of r from src (page aligned, one host page) or zeros
- * (src NULL). Returns 0 placed, 1 already present (counted as duplicate and
- * woken), or -errno after dest_fail. Receiver thread.
+ * Place host pages [hp, hp + n) of r from src (page aligned, n host pages)
+ * or zeros (src NULL), with one ioctl where the kernel allows. `wake`: the
+ * ioctl wakes waiters; else DONTWAKE and one UFFDIO_WAKE only if a page
+ * turns out requested. Returns 0 or -errno after dest_fail. Receiver.
  */
-int place_host_page(struct pcopy_dest *d, struct dest_region *r, uint64_t hp,
-		    const void *src)
+static int place_range(struct pcopy_dest *d, struct dest_region *r, uint64_t hp,
+		       uint64_t n, const void *src, bool wake)
 {
 	uint64_t dst = (uintptr_t)r->host + (hp << r->shift);
-	uint64_t len = r->page_size, done = 0;
-	unsigned tries = 0;
-	bool zero = src == NULL;
+	uint64_t len = n << r->shift, done = 0, t_again = 0;
+	bool zero = src == NULL, need_wake = false;
 	const char *op;
 	long hfree;
 
 	/* hugetlb has no UFFDIO_ZEROPAGE: copy from the read-only zero
-	 * mapping, which costs no memory and no memset. */
+	 * mapping (one huge page), which costs no memory and no memset. */
 	if (zero && r->mem == DEST_MEM_HUGETLB) {
-		src = d->zero;
-		zero = false;
+		uint64_t i;
+
+		for (i = 0; i < n; i++) {
+			int rc = place_range(d, r, hp + i, 1, d->zero, wake);
+
+			if (rc < 0)
+				return rc;
+		}
+		return 0;
 	}
 	op = zero ? "UFFDIO_ZEROPAGE" : "UFFDIO_COPY";
 	while (done < len) {
+		uint64_t pg = hp + (done >> r->shift);
 		int64_t res;
 		int rc, e;
 
 		if (zero) {
 			struct uffdio_zeropage z = {
 				.range = { .start = dst + done, .len = len - done },
+				.mode = wake ? 0 : UFFDIO_ZEROPAGE_MODE_DONTWAKE,
 			};
 
 			rc = ioctl(d->uffd, UFFDIO_ZEROPAGE, &z);
@@ -116,79 +146,143 @@ int place_host_page(struct pcopy_dest *d, struct dest_region *r, uint64_t hp,
 				.dst = dst + done,
 				.src = (uintptr_t)src + done,
 				.len = len - done,
+				.mode = wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE,
 			};
 
 			rc = ioctl(d->uffd, UFFDIO_COPY, &c);
 			res = c.copy;
 		}
-		if (rc == 0)
+		if (rc == 0) {
+			need_wake |= pages_done(d, r, pg, (len - done) >> r->shift);
 			break;
+		}
 		e = errno;
 		/* The signed result field carries the progress of a partial
-		 * copy (then the ioctl says EAGAIN) or -errno. */
-		if (res > 0 && (uint64_t)res <= len - done)
-			done += (uint64_t)res;
+		 * copy (then the ioctl says EAGAIN) or -errno. Progress is
+		 * whole pages except on hugetlb mid-failure: round down. */
+		if (res > 0 && (uint64_t)res <= len - done) {
+			uint64_t whole = ((uint64_t)res >> r->shift) << r->shift;
+
+			need_wake |= pages_done(d, r, pg, whole >> r->shift);
+			done += whole;
+			pg = hp + (done >> r->shift);
+			if (whole)
+				t_again = 0;
+		}
 		switch (e) {
 		case EAGAIN:
 			DEST_STAT_ADD(d, copy_retries, 1);
 			if (res > 0)
 				continue;	/* progress: retry at once */
-			if (++tries > PLACE_MAX_RETRIES) {
+			if (!t_again)
+				t_again = pcopy_now_ns();
+			if (atomic_load(&d->stopping))
+				return -ECANCELED;
+			if (pcopy_now_ns() - t_again > PLACE_EAGAIN_NS) {
 				dest_fail(d, -EAGAIN,
-					  "%s region '%s' offset 0x%" PRIx64 ": still EAGAIN after %u retries",
-					  op, r->name, hp << r->shift, PLACE_MAX_RETRIES);
+					  "%s region '%s' offset 0x%" PRIx64 ": still EAGAIN after %llu s",
+					  op, r->name, pg << r->shift,
+					  PLACE_EAGAIN_NS / 1000000000ull);
 				return -EAGAIN;
 			}
+			/* The fault thread reads the pending event; pages it
+			 * marks removed are skipped on the next pass. */
 			tiny_sleep();
+			while (done < len && dbm_test(&r->removed, hp + (done >> r->shift))) {
+				DEST_STAT_ADD(d, duplicates, 1);
+				done += r->page_size;
+			}
 			continue;
 		case EEXIST:
-			if (r->mem == DEST_MEM_HUGETLB) {
-				/* We never placed it (received is clear, or
-				 * we would not be here): on hugetlb this is
-				 * how an empty pool shows up. Trusting it
-				 * would leave the faulting threads blocked
-				 * on a page that never comes. */
+			if (r->mem == DEST_MEM_HUGETLB &&
+			    !dbm_test(&r->received, pg) && !dbm_test(&r->removed, pg)) {
+				/* We never placed it and it was not removed:
+				 * on hugetlb this is how an empty pool shows
+				 * up. Trusting it would leave the faulting
+				 * threads blocked on a page that never comes. */
 				hfree = hugetlb_free(r->page_size);
 				dest_fail(d, -ENOMEM,
 					  "hugetlb pool exhausted: UFFDIO_COPY region '%s' offset 0x%" PRIx64 " returned EEXIST for a huge page never placed (free %zu kB huge pages: %ld)",
-					  r->name, hp << r->shift, r->page_size / 1024, hfree);
+					  r->name, pg << r->shift, r->page_size / 1024, hfree);
 				return -ENOMEM;
 			}
 			/* Present already (placed by someone else sharing
-			 * the memory): fine, but wake whoever waits on it. */
+			 * the memory, or zero-filled after a REMOVE): fine,
+			 * but wake whoever waits on it. */
 			DEST_STAT_ADD(d, duplicates, 1);
-			place_wake(d, dst, len, true);
-			page_done(d, r, hp);
-			return 1;
+			place_wake(d, dst + done, r->page_size, true);
+			pages_done(d, r, pg, 1);
+			done += r->page_size;
+			continue;
 		case ENOMEM:
 			if (r->mem == DEST_MEM_HUGETLB) {
 				hfree = hugetlb_free(r->page_size);
 				dest_fail(d, -ENOMEM,
 					  "hugetlb pool exhausted: UFFDIO_COPY region '%s' offset 0x%" PRIx64 ": ENOMEM (free %zu kB huge pages: %ld)",
-					  r->name, hp << r->shift, r->page_size / 1024, hfree);
+					  r->name, pg << r->shift, r->page_size / 1024, hfree);
 				return -ENOMEM;
 			}
 			dest_fail(d, -ENOMEM, "%s region '%s' offset 0x%" PRIx64 ": out of memory",
-				  op, r->name, hp << r->shift);
+				  op, r->name, pg << r->shift);
 			return -ENOMEM;
 		case ENOENT:
+			if (dbm_test(&r->removed, pg)) {
+				/* unmapped by the application: announced */
+				done += r->page_size;
+				continue;
+			}
 			dest_fail(d, -ENOENT,
 				  "%s region '%s' offset 0x%" PRIx64 ": range no longer registered or mapped (unmapped by the application?)",
-				  op, r->name, hp << r->shift);
+				  op, r->name, pg << r->shift);
 			return -ENOENT;
 		case ESRCH:
 			dest_fail(d, -ESRCH,
 				  "%s region '%s' offset 0x%" PRIx64 ": the address space is gone (process exited?)",
-				  op, r->name, hp << r->shift);
+				  op, r->name, pg << r->shift);
 			return -ESRCH;
 		default:
 			dest_fail(d, -e,
 				  "%s dst 0x%" PRIx64 " len %" PRIu64 " (region '%s' offset 0x%" PRIx64 "): %s",
 				  op, dst + done, len - done, r->name,
-				  hp << r->shift, strerror(e));
+				  pg << r->shift, strerror(e));
 			return -e;
 		}
 	}
-	page_done(d, r, hp);
+	if (!wake && need_wake)
+		place_wake(d, dst, len, false);
+	return 0;
+}
+
+/*
+ * Place c's run and empty it; pages received or removed since they joined
+ * it are skipped (counted as duplicates). Returns 0 or -errno after
+ * dest_fail. Receiver thread.
+ */
+int place_run(struct pcopy_dest *d, struct dest_conn *c)
+{
+	struct dest_run run = c->run;
+	struct dest_region *r = &d->reg[run.region];
+	uint64_t i = 0, j;
+	int rc;
+
+	c->run.n = 0;
+	c->run.wanted = false;
+	while (i < run.n) {
+		if (dbm_test(&r->received, run.hp + i) ||
+		    dbm_test(&r->removed, run.hp + i)) {
+			DEST_STAT_ADD(d, duplicates, 1);
+			i++;
+			continue;
+		}
+		for (j = i + 1; j < run.n && !dbm_test(&r->received, run.hp + j) &&
+				!dbm_test(&r->removed, run.hp + j); j++)
+			;
+		rc = place_range(d, r, run.hp + i, j - i,
+				 run.zero ? NULL : c->staging + (i << r->shift),
+				 run.wanted);
+		if (rc < 0)
+			return rc;
+		i = j;
+	}
 	return 0;
 }

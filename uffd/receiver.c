@@ -1,25 +1,26 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The receiver: an io_uring loop reading the source's byte stream, cutting
- * it into messages, checking every PAGE frame (table, crc) before touching
- * its payload, assembling host pages in a staging buffer and placing each
- * whole host page once. Also handles END, ERROR and the end of the stream.
+ * The receiver: one io_uring with a recv in flight per connection (main and
+ * urgent), waited for in poll() on the ring fd, keepalive, and the pause after
+ * a break: tear the connections down, wait for new ones or the deadline.
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "internal.h"
 
-#define RECV_CHUNK (1u << 20)		/* typical recv size */
+/* Bytes asked for per recv: large, so a busy stream costs few syscalls. */
+#define RECV_CHUNK (4u << 20)
+#define RECV_CHUNK_URGENT (256u << 10)
 #define RECV_MSG_MAX (PCOPY_WIRE_HDR_SIZE + PCOPY_WIRE_PAYLOAD_MAX)
-#define TAG_STOP 1
-#define TAG_RECV 2
-
-/* Why the loop ended. */
-enum recv_end { RECV_GO = 0, RECV_STOP, RECV_FAIL, RECV_PEER_FAIL };
+/* Placement runs: 512 KiB of 4 KiB pages per UFFDIO_COPY at most. */
+#define STAGING_BYTES (512u << 10)
+#define TAG_RECV 16	/* + connection index */
 
 static void *map_anon(size_t len, int prot)
 {
@@ -28,23 +29,30 @@ static void *map_anon(size_t len, int prot)
 	return p == MAP_FAILED ? NULL : p;
 }
 
-/* Allocate the receive buffer, staging page, zero page and the ring.
+/* Allocate the receive buffers, staging areas, zero page and the ring.
  * Returns 0 or -errno (logged). Caller's thread (start). */
 int dest_recv_init(struct pcopy_dest *d)
 {
+	unsigned i;
 	int rc;
 
-	/* Room for one whole largest message plus a chunk: after moving a
-	 * partial message to the front, the rest of it always fits. */
-	d->rcap = (RECV_MSG_MAX + RECV_CHUNK + 4095) & ~(size_t)4095;
-	d->rbuf = map_anon(d->rcap, PROT_READ | PROT_WRITE);
-	d->staging = map_anon(d->max_page, PROT_READ | PROT_WRITE);
-	d->zero = map_anon(d->max_page, PROT_READ);
-	if (!d->rbuf || !d->staging || !d->zero) {
-		pcopy_log(&d->log, PCOPY_LOG_ERROR, "receiver buffers: %s",
-			  strerror(ENOMEM));
-		return -ENOMEM;
+	for (i = 0; i < DEST_NCONN; i++) {
+		struct dest_conn *c = &d->conn[i];
+
+		/* Room for one whole largest message plus a chunk: after
+		 * moving a partial message to the front, the rest fits. */
+		c->rcap = (RECV_MSG_MAX + (i == DEST_MAIN ? RECV_CHUNK : RECV_CHUNK_URGENT) +
+			   4095) & ~(size_t)4095;
+		c->scap = d->max_page > STAGING_BYTES ? d->max_page : STAGING_BYTES;
+		c->rbuf = map_anon(c->rcap, PROT_READ | PROT_WRITE);
+		c->staging = map_anon(c->scap, PROT_READ | PROT_WRITE);
+		c->need = PCOPY_WIRE_HDR_SIZE;
+		if (!c->rbuf || !c->staging)
+			goto nomem;
 	}
+	d->zero = map_anon(d->max_page, PROT_READ);
+	if (!d->zero)
+		goto nomem;
 	if (d->features & PCOPY_FEAT_ZLIB) {
 		rc = codec_zlib_new(&d->zlib, false, 0);
 		if (rc < 0) {
@@ -53,7 +61,7 @@ int dest_recv_init(struct pcopy_dest *d)
 			return rc;
 		}
 	}
-	rc = io_uring_queue_init(4, &d->ring, 0);
+	rc = io_uring_queue_init(8, &d->ring, 0);
 	if (rc < 0) {
 		pcopy_log(&d->log, PCOPY_LOG_ERROR, "io_uring_queue_init: %s",
 			  strerror(-rc));
@@ -61,321 +69,391 @@ int dest_recv_init(struct pcopy_dest *d)
 	}
 	d->ring_on = true;
 	return 0;
+nomem:
+	pcopy_log(&d->log, PCOPY_LOG_ERROR, "receiver buffers: %s", strerror(ENOMEM));
+	return -ENOMEM;
 }
 
-/* Free what dest_recv_init made; after the receiver thread ended (its
- * exit cancelled its pending recv). Destroy only. */
+/* Free what dest_recv_init made; after the receiver thread ended (it left
+ * no recv in flight). Destroy only. */
 void dest_recv_fini(struct pcopy_dest *d)
 {
+	unsigned i;
+
 	if (d->ring_on)
 		io_uring_queue_exit(&d->ring);
 	d->ring_on = false;
-	if (d->rbuf)
-		munmap(d->rbuf, d->rcap);
-	if (d->staging)
-		munmap(d->staging, d->max_page);
+	for (i = 0; i < DEST_NCONN; i++) {
+		struct dest_conn *c = &d->conn[i];
+
+		if (c->rbuf)
+			munmap(c->rbuf, c->rcap);
+		if (c->staging)
+			munmap(c->staging, c->scap);
+		c->rbuf = c->staging = NULL;
+	}
 	if (d->zero)
 		munmap(d->zero, d->max_page);
-	d->rbuf = d->staging = d->zero = NULL;
+	d->zero = NULL;
 	codec_zlib_free(d->zlib);
 	d->zlib = NULL;
 }
 
-static const char *type_name(unsigned t)
+static int queue_recv(struct pcopy_dest *d, struct dest_conn *c)
 {
-	static const char *const n[] = { "?", "HELLO", "PAGE", "END", "REQ",
-					 "DONE", "ERROR", "RECV_BITMAP", "PING" };
+	struct io_uring_sqe *sqe;
 
-	return t < sizeof(n) / sizeof(n[0]) ? n[t] : "?";
-}
-
-/* The whole host page is in staging (or known zero): place it. */
-static int finish_host_page(struct pcopy_dest *d, struct dest_region *r,
-			    uint64_t hp, const void *src)
-{
-	if (dbm_test(&r->received, hp)) {
-		/* The receiver is the only setter, so this is the source
-		 * sending a page twice: harmless. */
-		DEST_STAT_ADD(d, duplicates, 1);
-		return 0;
+	/* Move a partial message to the front when the rest of it would
+	 * not fit, or the free tail got small. */
+	if (c->head == c->tail) {
+		c->head = c->tail = 0;
+	} else if (c->rcap - c->head < c->need ||
+		   c->rcap - c->tail < (c->rcap - RECV_MSG_MAX) / 4) {
+		memmove(c->rbuf, c->rbuf + c->head, c->tail - c->head);
+		c->tail -= c->head;
+		c->head = 0;
 	}
-	/* ZEROPAGE maps the shared zero page: no memory, faster than COPY.
-	 * A non-ZERO frame full of zeros is rare and the scan stops at the
-	 * first non-zero word, so checking costs little. */
-	if (src && r->mem != DEST_MEM_HUGETLB && codec_is_zero(src, r->page_size))
-		src = NULL;
-	return place_host_page(d, r, hp, src) < 0 ? -1 : 0;
-}
-
-static int handle_page(struct pcopy_dest *d, const uint8_t *hb,
-		       const struct wire_hdr *h, const uint8_t *payload)
-{
-	struct dest_asm *c = &d->cur;
-	struct dest_region *r;
-	char err[PCOPY_ERRMSG_MAX];
-	uint64_t hp, n;
-	uint32_t tp;
-	uint8_t *dst;
-	const void *src;
-	int rc;
-
-	rc = wire_page_validate(h, d->hello.regions, d->nreg, d->features, err,
-				sizeof(err));
-	if (rc < 0) {
-		dest_fail(d, rc, "bad PAGE frame from the source: %s", err);
-		return -1;
-	}
-	rc = wire_crc_check(hb, h, payload, err, sizeof(err));
-	if (rc < 0) {
-		dest_fail(d, rc, "PAGE frame region %u offset 0x%" PRIx64 ": %s",
-			  h->region, h->offset, err);
-		return -1;
-	}
-	r = &d->reg[h->region];
-	hp = h->offset >> r->shift;
-	tp = (uint32_t)((h->offset & (r->page_size - 1)) / PCOPY_TARGET_PAGE);
-	n = (uint64_t)h->count * PCOPY_TARGET_PAGE;
-
-	if (c->active && (c->region != h->region || c->hp != hp)) {
-		dest_fail(d, -EPROTO,
-			  "PAGE for region '%s' offset 0x%" PRIx64 " while the host page at region '%s' offset 0x%" PRIx64 " is incomplete (%u of %u target pages): the pages of a host page must be consecutive",
-			  r->name, h->offset, d->reg[c->region].name,
-			  c->hp << d->reg[c->region].shift, c->next_tp, c->ntp);
-		return -1;
-	}
-	if (!c->active) {
-		*c = (struct dest_asm){ .active = true, .region = h->region,
-					.hp = hp, .next_tp = 0,
-					.ntp = (uint32_t)(r->page_size / PCOPY_TARGET_PAGE),
-					.all_zero = true };
-	}
-	if (tp != c->next_tp) {
-		dest_fail(d, -EPROTO,
-			  "PAGE region '%s' offset 0x%" PRIx64 ": target page %u of host page 0x%" PRIx64 " arrived, expected %u (out of order)",
-			  r->name, h->offset, tp, hp << r->shift, c->next_tp);
-		return -1;
-	}
-
-	dst = d->staging + (size_t)tp * PCOPY_TARGET_PAGE;
-	src = d->staging;
-	if (h->kind != PCOPY_KIND_ZERO && c->all_zero && tp > 0)
-		memset(d->staging, 0, (size_t)tp * PCOPY_TARGET_PAGE);
-	switch (h->kind) {
-	case PCOPY_KIND_ZERO:
-		/* While every frame is ZERO the staging content is unused. */
-		if (!c->all_zero)
-			memset(dst, 0, n);
-		DEST_STAT_ADD(d, pages_zero, h->count);
-		break;
-	case PCOPY_KIND_RAW:
-		if (c->ntp == 1 && !((uintptr_t)payload & 4095))
-			src = payload;	/* UFFDIO_COPY straight from rbuf */
-		else
-			memcpy(dst, payload, n);
-		DEST_STAT_ADD(d, pages_raw, h->count);
-		break;
-	case PCOPY_KIND_ZLIB:
-		rc = codec_zlib_decompress(d->zlib, payload, h->length, dst, n,
-					   err, sizeof(err));
-		if (rc < 0) {
-			c->active = false;
-			dest_fail(d, rc, "PAGE region '%s' offset 0x%" PRIx64 ": %s",
-				  r->name, h->offset, err);
-			return -1;
-		}
-		DEST_STAT_ADD(d, pages_zlib, h->count);
-		break;
-	default:	/* wire_page_validate rejects other kinds */
-		dest_fail(d, -EPROTO, "PAGE kind %u", h->kind);
-		return -1;
-	}
-	if (h->kind != PCOPY_KIND_ZERO)
-		c->all_zero = false;
-	DEST_STAT_ADD(d, bytes_payload, n);
-	c->next_tp += h->count;
-	if (c->next_tp < c->ntp)
-		return 0;
-	c->active = false;
-	return finish_host_page(d, r, hp, c->all_zero ? NULL : src);
-}
-
-/* One complete message. Returns RECV_GO, or why the loop must end. */
-static enum recv_end handle_msg(struct pcopy_dest *d, const uint8_t *hb,
-				const struct wire_hdr *h, const uint8_t *payload)
-{
-	char err[PCOPY_ERRMSG_MAX], text[PCOPY_ERROR_TEXT_MAX + 1];
-	int rc, errnum;
-
-	if (h->type == PCOPY_MSG_PAGE)
-		return handle_page(d, hb, h, payload) < 0 ? RECV_FAIL : RECV_GO;
-	rc = wire_crc_check(hb, h, payload, err, sizeof(err));
-	if (rc < 0) {
-		dest_fail(d, rc, "%s message from the source: %s",
-			  type_name(h->type), err);
-		return RECV_FAIL;
-	}
-	switch (h->type) {
-	case PCOPY_MSG_END:
-		if (dest_missing(d) == 0)
-			return RECV_STOP;
-		dest_fail(d, -EPROTO,
-			  "source ended the stream with %" PRIu64 " host pages never sent",
-			  dest_missing(d));
-		return RECV_FAIL;
-	case PCOPY_MSG_ERROR:
-		rc = wire_error_decode(payload, h->length, &errnum, text,
-				       sizeof(text));
-		if (rc < 0) {
-			dest_fail(d, -EPROTO, "malformed ERROR message from the source");
-			return RECV_FAIL;
-		}
-		if (errnum < 0)
-			errnum = -errnum;
-		if (errnum <= 0 || errnum >= 4096)
-			errnum = EPROTO;
-		dest_fail(d, -errnum, "source reported: %s", text);
-		return RECV_PEER_FAIL;
-	default:
-		dest_fail(d, -EPROTO, "unexpected %s message (type %u) from the source",
-			  type_name(h->type), h->type);
-		return RECV_FAIL;
-	}
-}
-
-/*
- * Cut [*head, tail) into messages and handle the whole ones; a partial one
- * stays for the next recv. Returns RECV_GO or why to stop.
- */
-static enum recv_end parse(struct pcopy_dest *d, size_t *head, size_t tail,
-			   size_t *need)
-{
-	char err[PCOPY_ERRMSG_MAX];
-	struct wire_hdr h;
-	enum recv_end e;
-
-	*need = PCOPY_WIRE_HDR_SIZE;
-	while (tail - *head >= PCOPY_WIRE_HDR_SIZE) {
-		const uint8_t *hb = d->rbuf + *head;
-
-		if (wire_hdr_decode(hb, &h, err, sizeof(err)) < 0) {
-			dest_fail(d, -EPROTO, "bad message header from the source: %s",
-				  err);
-			return RECV_FAIL;
-		}
-		*need = PCOPY_WIRE_HDR_SIZE + (size_t)h.length;
-		if (h.length > PCOPY_WIRE_PAYLOAD_MAX) {	/* decode checks it too */
-			dest_fail(d, -EPROTO, "message length %u too large", h.length);
-			return RECV_FAIL;
-		}
-		if (tail - *head < *need)
-			return RECV_GO;
-		e = handle_msg(d, hb, &h, hb + PCOPY_WIRE_HDR_SIZE);
-		*head += *need;
-		*need = PCOPY_WIRE_HDR_SIZE;
-		if (e != RECV_GO)
-			return e;
-	}
-	return RECV_GO;
-}
-
-static int queue_recv(struct pcopy_dest *d, size_t tail)
-{
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&d->ring);
-
+	sqe = io_uring_get_sqe(&d->ring);
 	if (!sqe)
 		return -EBUSY;
-	io_uring_prep_recv(sqe, d->fd, d->rbuf + tail, d->rcap - tail, 0);
-	io_uring_sqe_set_data64(sqe, TAG_RECV);
+	io_uring_prep_recv(sqe, c->fd, c->rbuf + c->tail, c->rcap - c->tail, 0);
+	io_uring_sqe_set_data64(sqe, TAG_RECV + c->idx);
+	c->queued = true;
 	return 0;
 }
 
-static enum recv_end stream_ended(struct pcopy_dest *d, int res, size_t left)
+/* The stream of c ended (res 0 = EOF, or -errno). */
+static enum recv_end conn_ended(struct pcopy_dest *d, struct dest_conn *c, int res)
 {
+	const char *which = c->idx == DEST_URGENT ? "urgent connection" : "connection";
+	bool mid = c->tail != c->head || c->cur.active;
+
 	if (dest_missing(d) == 0)
 		return RECV_STOP;	/* complete: the source may just leave */
 	if (res == 0 || res == -ECONNRESET || res == -EPIPE)
-		dest_fail(d, -ECONNRESET,
-			  "connection closed by source with %" PRIu64 " host pages missing%s",
-			  dest_missing(d), left ? " (in the middle of a message)" : "");
-	else
-		dest_fail(d, res, "receiving from the source: %s (%" PRIu64 " host pages missing)",
-			  strerror(-res), dest_missing(d));
-	return RECV_PEER_FAIL;
+		return dest_break(d, -ECONNRESET,
+				  "%s closed by source with %" PRIu64 " host pages missing%s",
+				  which, dest_missing(d),
+				  mid ? " (in the middle of a message)" : "");
+	return dest_break(d, res,
+			  "receiving from the source (%s): %s (%" PRIu64 " host pages missing)",
+			  which, strerror(-res), dest_missing(d));
 }
 
-static enum recv_end recv_loop(struct pcopy_dest *d)
+/* Wait (poll on the ring fd, valgrind-friendly) until no recv is in flight;
+ * the sockets were shut down, so they complete at once. */
+static void drain_recvs(struct pcopy_dest *d)
 {
-	size_t head = 0, tail = 0, need = PCOPY_WIRE_HDR_SIZE;
-	struct io_uring_sqe *sqe;
 	struct io_uring_cqe *cqe;
-	bool recv_queued = false;
-	enum recv_end e = RECV_GO;
-	int rc;
+	unsigned i, left, spins = 0;
 
-	sqe = io_uring_get_sqe(&d->ring);
-	io_uring_prep_poll_add(sqe, d->stop_efd, POLLIN);
-	io_uring_sqe_set_data64(sqe, TAG_STOP);
-	while (e == RECV_GO) {
-		if (!recv_queued) {
-			/* Move a partial message to the front when the rest
-			 * of it would not fit, or the free tail got small. */
-			if (head == tail) {
-				head = tail = 0;
-			} else if (d->rcap - head < need ||
-				   d->rcap - tail < RECV_CHUNK / 4) {
-				memmove(d->rbuf, d->rbuf + head, tail - head);
-				tail -= head;
-				head = 0;
-			}
-			if (queue_recv(d, tail) < 0) {
-				dest_fail(d, -EBUSY, "io_uring: no submission entry");
-				return RECV_FAIL;
-			}
-			recv_queued = true;
-		}
-		rc = io_uring_submit_and_wait(&d->ring, 1);
-		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
-			dest_fail(d, rc, "io_uring_submit_and_wait: %s", strerror(-rc));
-			return RECV_FAIL;
-		}
-		while (e == RECV_GO && io_uring_peek_cqe(&d->ring, &cqe) == 0) {
+	for (;;) {
+		for (i = 0, left = 0; i < DEST_NCONN; i++)
+			left += d->conn[i].queued;
+		if (!left || spins++ > 5000)
+			break;
+		io_uring_submit(&d->ring);
+		while (io_uring_peek_cqe(&d->ring, &cqe) == 0) {
 			uint64_t tag = io_uring_cqe_get_data64(cqe);
-			int res = cqe->res;
 
 			io_uring_cqe_seen(&d->ring, cqe);
-			if (tag == TAG_STOP)
-				return RECV_STOP;
-			recv_queued = false;
-			if (res == -EINTR || res == -EAGAIN)
-				continue;
-			if (res <= 0)
-				return stream_ended(d, res, tail - head);
-			DEST_STAT_ADD(d, bytes_wire, (uint64_t)res);
-			tail += (size_t)res;
-			e = parse(d, &head, tail, &need);
+			if (tag >= TAG_RECV && tag < TAG_RECV + DEST_NCONN)
+				d->conn[tag - TAG_RECV].queued = false;
 		}
+		if (left) {
+			struct pollfd p = { .fd = d->ring.ring_fd, .events = POLLIN };
+
+			poll(&p, 1, 1);
+		}
+	}
+}
+
+/* Forget everything about connection c (its fd is already shut down). */
+static void conn_drop(struct pcopy_dest *d, struct dest_conn *c)
+{
+	if (c->run.n)
+		place_run(d, c);	/* whole, checked host pages: keep them */
+	asm_reset(c);
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	c->head = c->tail = 0;
+	c->need = PCOPY_WIRE_HDR_SIZE;
+}
+
+static void conn_take(struct dest_conn *c, int fd)
+{
+	asm_reset(c);
+	c->fd = fd;
+	c->head = c->tail = 0;
+	c->need = PCOPY_WIRE_HDR_SIZE;
+	c->last_rx_ns = pcopy_now_ns();
+}
+
+/* Connections handed in by pcopy_dest_resume / add_urgent. Receiver. */
+static void take_handoffs(struct pcopy_dest *d)
+{
+	unsigned i;
+
+	pthread_mutex_lock(&d->lock);
+	for (i = 0; i < DEST_NCONN; i++) {
+		if (d->handoff[i] < 0)
+			continue;
+		if (d->conn[i].fd >= 0 && d->conn[i].fd != d->handoff[i])
+			/* cannot happen: a new one comes only after a pause */
+			pcopy_log(&d->log, PCOPY_LOG_WARN,
+				  "receiver: connection %u handed in twice", i);
+		else
+			conn_take(&d->conn[i], d->handoff[i]);
+		d->handoff[i] = -1;
+	}
+	pthread_mutex_unlock(&d->lock);
+}
+
+/* After a break: stop writers, shut both connections down, place what is
+ * whole, drop the rest, then wait for a new main connection, the deadline
+ * or destroy. Returns RECV_GO once resumed, else why to stop. */
+static enum recv_end pause_and_wait(struct pcopy_dest *d)
+{
+	uint64_t t0 = pcopy_now_ns(), dl = 0, now;
+	unsigned i;
+
+	pthread_mutex_lock(&d->lock);
+	pthread_mutex_lock(&d->wlock);
+	for (i = 0; i < DEST_NCONN; i++) {
+		if (d->wfd[i] >= 0)
+			shutdown(d->wfd[i], SHUT_RDWR);
+		if (d->wfd[i] >= 0 && d->wfd[i] != d->conn[i].fd &&
+		    d->wfd[i] != d->handoff[i])
+			close(d->wfd[i]);
+		d->wfd[i] = -1;
+		if (d->handoff[i] >= 0) {
+			/* an urgent connection added a moment ago */
+			close(d->handoff[i]);
+			d->handoff[i] = -1;
+		}
+	}
+	pthread_mutex_unlock(&d->wlock);
+	atomic_store(&d->paused, 1);
+	d->paused_ns = t0;
+	DEST_STAT_ADD(d, breaks, 1);
+	pthread_cond_broadcast(&d->rc_cond);
+	pthread_mutex_unlock(&d->lock);
+
+	for (i = 0; i < DEST_NCONN; i++)
+		if (d->conn[i].fd >= 0)
+			shutdown(d->conn[i].fd, SHUT_RDWR);
+	drain_recvs(d);
+	for (i = 0; i < DEST_NCONN; i++)
+		conn_drop(d, &d->conn[i]);
+	pcopy_log(&d->log, PCOPY_LOG_WARN,
+		  "paused: %s; waiting for a new connection (%s%d ms)", d->break_why,
+		  d->resume_deadline_ms < 0 ? "no deadline, " : "deadline ",
+		  d->resume_deadline_ms < 0 ? 0 : d->resume_deadline_ms);
+	if (d->resume_deadline_ms >= 0)
+		dl = t0 + (uint64_t)d->resume_deadline_ms * 1000000ull;
+
+	for (;;) {
+		struct pollfd p[2] = {
+			{ .fd = d->stop_efd, .events = POLLIN },
+			{ .fd = d->recv_efd, .events = POLLIN },
+		};
+		int timeout = -1, main_fd;
+		bool fin, failed;
+		uint64_t v;
+
+		pthread_mutex_lock(&d->lock);
+		main_fd = d->handoff[DEST_MAIN];
+		fin = d->finishing;
+		failed = atomic_load(&d->failed);
+		pthread_mutex_unlock(&d->lock);
+		if (fin)
+			/* completed (the missing pages were removed) or failed */
+			return failed ? RECV_PEER_FAIL : RECV_STOP;
+		if (main_fd >= 0) {
+			take_handoffs(d);
+			pcopy_log(&d->log, PCOPY_LOG_INFO, "resumed after %" PRIu64 " ms paused",
+				  (pcopy_now_ns() - t0) / 1000000);
+			return RECV_GO;
+		}
+		now = pcopy_now_ns();
+		if (dl && now >= dl) {
+			dest_fail(d, -ETIMEDOUT,
+				  "no new connection to the source within %d ms after a break (%s); %" PRIu64 " host pages missing",
+				  d->resume_deadline_ms, d->break_why, dest_missing(d));
+			return RECV_PEER_FAIL;
+		}
+		if (dl)
+			timeout = (int)((dl - now) / 1000000) + 1;
+		if (poll(p, 2, timeout) < 0 && errno != EINTR)
+			return RECV_PEER_FAIL;
+		if (p[0].revents)
+			return RECV_STOP;
+		if (p[1].revents && read(d->recv_efd, &v, sizeof(v)) < 0) {
+			/* EAGAIN: someone else consumed it; we re-check anyway */
+		}
+	}
+}
+
+/* PING a connection nothing was sent on for a third of the keepalive.
+ * Never blocks on wlock: whoever holds it is sending anyway. */
+static void maybe_ping(struct pcopy_dest *d, unsigned i, uint64_t now)
+{
+	struct wire_hdr h = { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_PING };
+	uint64_t third = (uint64_t)d->keepalive_ms * 1000000ull / 3;
+
+	if (now - atomic_load_explicit(&d->last_tx_ns[i], memory_order_relaxed) < third)
+		return;
+	if (pthread_mutex_trylock(&d->wlock) != 0)
+		return;
+	if (d->wfd[i] >= 0 && conn_send_msg(d->wfd[i], &h, NULL, 0) == 0)
+		atomic_store_explicit(&d->last_tx_ns[i], now, memory_order_relaxed);
+	pthread_mutex_unlock(&d->wlock);
+}
+
+/* Keepalive: silence longer than keepalive_ms is a break. Returns the
+ * poll timeout (ms) until the next keepalive duty, via *timeout. */
+static enum recv_end keepalive(struct pcopy_dest *d, int *timeout)
+{
+	uint64_t ka = (uint64_t)d->keepalive_ms * 1000000ull, now = pcopy_now_ns();
+	uint64_t next = UINT64_MAX;
+	unsigned i;
+
+	for (i = 0; i < DEST_NCONN; i++) {
+		struct dest_conn *c = &d->conn[i];
+		uint64_t t;
+
+		if (c->fd < 0)
+			continue;
+		if (now - c->last_rx_ns > ka)
+			return dest_break(d, -ETIMEDOUT,
+					  "nothing from the source on the %s connection for %" PRIu64 " ms (keepalive %d ms)",
+					  i == DEST_URGENT ? "urgent" : "main",
+					  (now - c->last_rx_ns) / 1000000, d->keepalive_ms);
+		maybe_ping(d, i, now);
+		t = c->last_rx_ns + ka;
+		if (t < next)
+			next = t;
+		t = atomic_load_explicit(&d->last_tx_ns[i], memory_order_relaxed) + ka / 3;
+		if (t < next)
+			next = t;
+	}
+	*timeout = next == UINT64_MAX ? -1 :
+		   next <= now ? 1 : (int)((next - now) / 1000000) + 1;
+	return RECV_GO;
+}
+
+/* Reap every completion; parse what arrived. */
+static enum recv_end reap(struct pcopy_dest *d)
+{
+	struct io_uring_cqe *cqe;
+	enum recv_end e = RECV_GO;
+
+	while (e == RECV_GO && io_uring_peek_cqe(&d->ring, &cqe) == 0) {
+		uint64_t tag = io_uring_cqe_get_data64(cqe);
+		int res = cqe->res;
+		struct dest_conn *c;
+
+		io_uring_cqe_seen(&d->ring, cqe);
+		if (tag < TAG_RECV || tag >= TAG_RECV + DEST_NCONN)
+			continue;
+		c = &d->conn[tag - TAG_RECV];
+		c->queued = false;
+		if (res == -EINTR || res == -EAGAIN)
+			continue;
+		if (res <= 0) {
+			e = conn_ended(d, c, res);
+			break;
+		}
+		DEST_STAT_ADD(d, bytes_wire, (uint64_t)res);
+		c->tail += (size_t)res;
+		c->last_rx_ns = pcopy_now_ns();
+		e = asm_parse(d, c);
 	}
 	return e;
 }
 
+static enum recv_end recv_loop(struct pcopy_dest *d)
+{
+	enum recv_end e = RECV_GO;
+	unsigned i;
+	int rc, timeout = -1;
+
+	for (;;) {
+		struct pollfd p[3] = {
+			{ .fd = d->ring.ring_fd, .events = POLLIN },
+			{ .fd = d->stop_efd, .events = POLLIN },
+			{ .fd = d->recv_efd, .events = POLLIN },
+		};
+
+		if (e == RECV_BREAK)
+			e = pause_and_wait(d);
+		if (e != RECV_GO)
+			return e;
+		for (i = 0; i < DEST_NCONN; i++) {
+			struct dest_conn *c = &d->conn[i];
+
+			if (c->fd >= 0 && !c->queued && queue_recv(d, c) < 0) {
+				dest_fail(d, -EBUSY, "io_uring: no submission entry");
+				return RECV_FAIL;
+			}
+		}
+		/* Submit without waiting: a blocking io_uring_enter would
+		 * hold valgrind's big lock; poll() below does the waiting. */
+		rc = io_uring_submit(&d->ring);
+		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+			dest_fail(d, rc, "io_uring_submit: %s", strerror(-rc));
+			return RECV_FAIL;
+		}
+		e = reap(d);
+		if (e != RECV_GO)
+			continue;
+		e = keepalive(d, &timeout);
+		if (e != RECV_GO)
+			continue;
+		if (io_uring_cq_ready(&d->ring))
+			continue;
+		if (poll(p, 3, timeout) < 0 && errno != EINTR) {
+			dest_fail(d, -errno, "receiver: poll: %s", strerror(errno));
+			return RECV_FAIL;
+		}
+		if (p[1].revents)
+			return RECV_STOP;
+		if (p[2].revents) {
+			uint64_t v;
+
+			if (read(d->recv_efd, &v, sizeof(v)) < 0) {
+				/* EAGAIN: nothing to do */
+			}
+			take_handoffs(d);
+		}
+		e = reap(d);
+	}
+}
+
 /*
- * Thread body: from pcopy_dest_start until END after completion, the end of
- * the stream, a fatal error, or destroy. On an error of ours, tells the
- * source why (best effort). Returns NULL. Receiver thread.
+ * Thread body: from pcopy_dest_start until END after completion, a fatal
+ * error, or destroy; pauses inside after breaks. On an error of ours tells
+ * the source why (best effort). Returns NULL. Receiver thread.
  */
 void *dest_recv_main(void *arg)
 {
 	struct pcopy_dest *d = arg;
 	enum recv_end e = recv_loop(d);
+	unsigned i;
 	int err;
 
 	if (e == RECV_FAIL) {
 		err = pcopy_errslot_get(&d->err);
-		if (err < 0) {
-			pthread_mutex_lock(&d->wlock);
-			conn_send_error(d->fd, -err, d->err.msg);
-			pthread_mutex_unlock(&d->wlock);
-		}
+		pthread_mutex_lock(&d->wlock);
+		if (err < 0 && d->wfd[DEST_MAIN] >= 0)
+			conn_send_error(d->wfd[DEST_MAIN], -err, d->err.msg);
+		pthread_mutex_unlock(&d->wlock);
 	}
+	/* Leave no recv in flight on buffers destroy will unmap. */
+	for (i = 0; i < DEST_NCONN; i++)
+		if (d->conn[i].queued && d->conn[i].fd >= 0)
+			shutdown(d->conn[i].fd, SHUT_RDWR);
+	drain_recvs(d);
 	return NULL;
 }

@@ -223,7 +223,7 @@ struct feat_need {
 
 /* The features this restore needs; returns how many went into need[]. */
 static unsigned needed_features(struct pcopy_dest *d, bool proc_ok,
-				struct feat_need need[4])
+				struct feat_need need[5])
 {
 	unsigned n = 0, i;
 	bool shmem = !proc_ok, huge = false;
@@ -241,12 +241,15 @@ static unsigned needed_features(struct pcopy_dest *d, bool proc_ok,
 	if (d->fail_mode == PCOPY_FAIL_SIGBUS)
 		need[n++] = (struct feat_need){ UFFD_FEATURE_THREAD_ID,
 			"THREAD_ID", "PCOPY_FAIL_SIGBUS" };
+	if (d->flags & PCOPY_DEST_HANDLE_REMOVE)
+		need[n++] = (struct feat_need){ UFFD_FEATURE_EVENT_REMOVE,
+			"EVENT_REMOVE", "PCOPY_DEST_HANDLE_REMOVE" };
 	return n;
 }
 
 static int do_api(struct pcopy_dest *d, bool proc_ok)
 {
-	struct feat_need need[4];
+	struct feat_need need[5];
 	struct uffdio_api api = { .api = UFFD_API };
 	uint64_t offered = 0, want = 0;
 	unsigned n = needed_features(d, proc_ok, need), i, missing = 0;

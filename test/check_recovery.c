@@ -1,0 +1,799 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Recovery scenarios end to end: a source child, the destination here, the
+ * fault-injection proxy in between cutting, stalling and corrupting the
+ * connections; each restore must end with every byte equal to the source's
+ * and no toucher thread ever seeing a wrong byte. Cut points come from a
+ * seed (PCOPY_TEST_SEED replays a run); PCOPY_TEST_MB scales the image.
+ */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "postcopy.h"
+#include "proxy.h"
+#include "recovery_lib.h"
+#include "testlib.h"
+#include "wire.h"
+
+#define TOUCHERS 3
+#define DEF_MB 16
+#define RUN_LIMIT_MS 45000	/* a restore that takes longer has hung */
+#define NCUTS 28		/* connections with a random cut in (a) */
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static int count_fds(void)
+{
+	int n = 0;
+
+	for (int fd = 0; fd < 4096; fd++)
+		if (fcntl(fd, F_GETFD) >= 0)
+			n++;
+	return n;
+}
+
+/* ---- one scenario ---- */
+
+enum outcome {
+	OUT_COMPLETE = 0,	/* must complete */
+	OUT_COMPLETE_OR_FAIL,	/* complete, or fail cleanly with a message */
+};
+
+struct scen;
+typedef void (*hook_fn)(struct rl_dest *r, struct scen *sc, uint64_t t_ms);
+
+struct scen {
+	const char *name;
+	enum tl_mem mem;
+	bool manual;		/* resume with pcopy_dest_resume, not the callback */
+	bool urgent;		/* add an urgent connection after start */
+	bool zlib;
+	unsigned touchers;
+	unsigned nsrc;		/* 2: a standby source for a restart */
+	int dest_keepalive_ms, src_keepalive_ms;
+	int dest_deadline_ms, src_deadline_ms;
+	enum outcome outcome;
+	struct proxy_rule rules[PROXY_RULES_MAX];
+	unsigned nrules;
+	hook_fn hook;		/* called every ~50 ms while the restore runs */
+	uint64_t seed;
+	uint64_t hook_arg;
+	bool hook_done;
+	const char *const *detect;	/* NULL, or up to 3 substrings */
+
+	/* results */
+	int rc;
+	char err[512];
+	struct pcopy_stats st;
+	struct rl_src_result src_res;
+	int src_res_rc;
+	unsigned cuts_fired;
+	unsigned resumes_called, resumes_ok;
+	unsigned long resident;
+	bool detected;		/* a detect substring was logged by either side */
+};
+
+static void add_rule(struct scen *sc, const char *spec)
+{
+	char err[256];
+
+	ck_assert_uint_lt(sc->nrules, PROXY_RULES_MAX);
+	ck_assert_msg(proxy_parse_rule(spec, &sc->rules[sc->nrules], err,
+				       sizeof(err)) == 0, "rule %s: %s", spec, err);
+	sc->nrules++;
+}
+
+static void one_region(struct tl_source_cfg *img, enum tl_mem mem, size_t len)
+{
+	memset(img, 0, sizeof(*img));
+	img->nregions = 1;
+	img->names[0] = "ram";
+	img->lengths[0] = len;
+	img->page_sizes[0] = tl_mem_page_size(mem);
+}
+
+/* Wire bytes the image costs roughly: the non-zero pages (ZERO frames are
+ * headers only). Cut positions are spread over it. */
+static uint64_t wire_estimate(const struct tl_source_cfg *img)
+{
+	uint64_t w = 0;
+
+	for (unsigned r = 0; r < img->nregions; r++)
+		for (uint64_t pg = 0; pg < img->lengths[r] / TL_PAGE; pg++)
+			w += tl_page_is_zero(r, pg) ? 32 : TL_PAGE + 32;
+	return w;
+}
+
+static unsigned count_cuts(struct proxy *px)
+{
+	unsigned n = 0, k, conns = proxy_conns(px);
+	struct proxy_conn_stats st;
+
+	for (k = 1; k <= conns; k++)
+		if (proxy_stats(px, k, &st) == 0 &&
+		    (st.dir[PROXY_A2B].cut || st.dir[PROXY_B2A].cut))
+			n++;
+	return n;
+}
+
+/*
+ * Run one restore as described by sc, with the image img. Fills the result
+ * fields of sc; asserts the invariants that hold whatever the outcome: no
+ * toucher saw a wrong byte, resident memory is right, nothing leaked.
+ * Returns false if skipped.
+ */
+static bool run_scen(struct scen *sc, const struct tl_source_cfg *img)
+{
+	struct rl_toucher ts[8];
+	struct rl_dest r;
+	struct pcopy_dest_opts o;
+	char why[256] = "";
+	uintptr_t lo = UINTPTR_MAX, hi = 0;
+	uint64_t t0, end;
+	int fds0, rc;
+	unsigned left;
+
+	memset(&r, 0, sizeof(r));
+	ck_assert_uint_le(sc->touchers, 8);
+	fds0 = count_fds();
+	rc = rl_dest_map(&r, img, sc->mem, sc->name);
+	if (rc == 1)
+		return false;
+	ck_assert_msg(rc == 0, "map: %s", strerror(-rc));
+	rl_log_init(&r.log, sc->name);
+
+	pcopy_dest_opts_init(&o);
+	o.log = rl_log_fn;
+	o.log_opaque = &r.log;
+	o.fail_mode = PCOPY_FAIL_SIGBUS;
+	o.resume_deadline_ms = sc->dest_deadline_ms ? sc->dest_deadline_ms : 20000;
+	o.keepalive_ms = sc->dest_keepalive_ms;
+	if (!sc->manual) {
+		o.connect = rl_connect;
+		o.connect_opaque = &r;
+	}
+	/* Every child is forked while this process is still single-threaded,
+	 * and before the userfaultfd exists (a child must not hold it open). */
+	r.nsrc = sc->nsrc ? sc->nsrc : 1;
+	for (unsigned i = 0; i < r.nsrc; i++) {
+		struct rl_src_opts so = {
+			.resume_deadline_ms = sc->src_deadline_ms ? sc->src_deadline_ms : 20000,
+			.keepalive_ms = sc->src_keepalive_ms,
+			.zlib = sc->zlib,
+			.tag = i,
+		};
+
+		rc = rl_src_spawn(img, &so, &r.src[i]);
+		ck_assert_msg(rc == 0, "spawn source: %s", strerror(-rc));
+	}
+
+	rc = pcopy_dest_create(&r.d, r.regions, img->nregions, &o);
+	ck_assert_msg(rc == 0, "dest_create: %s", pcopy_strerror(rc));
+
+	ck_assert_int_eq(proxy_create(&r.px, sc->seed, stderr), 0);
+	for (unsigned i = 0; i < sc->nrules; i++)
+		ck_assert_int_eq(proxy_add_rule(r.px, &sc->rules[i]), 0);
+	ck_assert_int_eq(proxy_start(r.px), 0);
+
+	for (unsigned i = 0; i < img->nregions; i++) {
+		uintptr_t a = (uintptr_t)r.maps[i].addr;
+
+		lo = a < lo ? a : lo;
+		hi = a + img->lengths[i] > hi ? a + img->lengths[i] : hi;
+	}
+	rl_signals_install(lo, hi);
+	rl_touchers_start(ts, sc->touchers, img->nregions, r.regions, true);
+
+	t0 = now_ms();
+	rc = rl_connect(&r, 0);
+	ck_assert_msg(rc >= 0, "connect: %s", strerror(-rc));
+	rc = pcopy_dest_start(r.d, rc);
+	ck_assert_msg(rc == 0, "%s: dest_start: %s: %s", sc->name,
+		      pcopy_strerror(rc), pcopy_dest_error(r.d));
+	if (sc->urgent) {
+		rc = rl_connect(&r, 1);
+		ck_assert_msg(rc >= 0, "connect urgent: %s", strerror(-rc));
+		rc = pcopy_dest_add_urgent(r.d, rc);
+		ck_assert_msg(rc == 0, "%s: add_urgent: %s: %s", sc->name,
+			      pcopy_strerror(rc), pcopy_dest_error(r.d));
+	}
+
+	end = t0 + RUN_LIMIT_MS;
+	for (;;) {
+		rc = pcopy_dest_wait(r.d, 50);
+		if (rc != -ETIMEDOUT || now_ms() > end)
+			break;
+		if (sc->hook)
+			sc->hook(&r, sc, now_ms() - t0);
+		if (sc->manual && pcopy_dest_paused(r.d) == 1) {
+			int fd = rl_connect(&r, 0);
+
+			if (fd >= 0) {
+				sc->resumes_called++;
+				if (pcopy_dest_resume(r.d, fd) == 0)
+					sc->resumes_ok++;
+			}
+		}
+	}
+	sc->rc = rc;
+	snprintf(sc->err, sizeof(sc->err), "%s", pcopy_dest_error(r.d));
+	pcopy_dest_stats(r.d, &sc->st);
+	sc->cuts_fired = count_cuts(r.px);
+	fprintf(stderr, "%s: rc %d (%s) after %llu ms; %s; breaks %llu, resent %llu, "
+		"cuts fired %u, connects %u (%u refused), resumes %u/%u\n",
+		sc->name, rc, pcopy_strerror(rc),
+		(unsigned long long)(now_ms() - t0), sc->err,
+		(unsigned long long)sc->st.breaks,
+		(unsigned long long)sc->st.resent_pages, sc->cuts_fired,
+		atomic_load(&r.connects), atomic_load(&r.connect_fails),
+		sc->resumes_ok, sc->resumes_called);
+	ck_assert_msg(rc != -ETIMEDOUT, "%s: restore still running after %d ms "
+		      "(paused %d, %llu/%llu host pages; seed %llu)", sc->name,
+		      RUN_LIMIT_MS, pcopy_dest_paused(r.d),
+		      (unsigned long long)sc->st.host_pages_received,
+		      (unsigned long long)sc->st.host_pages_total,
+		      (unsigned long long)sc->seed);
+
+	if (rc == 0) {
+		left = rl_touchers_join(ts, sc->touchers, 30000);
+		ck_assert_msg(left == 0, "%s: %u touchers still blocked after completion",
+			      sc->name, left);
+		ck_assert_msg(rl_verify_all(&r, why, sizeof(why)) == 0,
+			      "%s: wrong image after restore: %s (seed %llu)",
+			      sc->name, why, (unsigned long long)sc->seed);
+		ck_assert_uint_eq(sc->st.host_pages_received, sc->st.host_pages_total);
+	} else {
+		ck_assert_msg(sc->outcome == OUT_COMPLETE_OR_FAIL,
+			      "%s: restore failed: %s: %s (seed %llu)", sc->name,
+			      pcopy_strerror(rc), sc->err, (unsigned long long)sc->seed);
+		ck_assert_msg(sc->err[0], "%s: failed (%d) without a message",
+			      sc->name, rc);
+		/* SIGBUS mode: every blocked toucher is released */
+		left = rl_touchers_join(ts, sc->touchers, 10000);
+		ck_assert_msg(left == 0, "%s: %u touchers still blocked %d ms after the "
+			      "failure in SIGBUS mode", sc->name, left, 10000);
+		ck_assert_msg(rl_verify_present(&r, &sc->resident, why, sizeof(why)) == 0,
+			      "%s: wrong byte in received memory: %s", sc->name, why);
+	}
+	for (unsigned i = 0; i < sc->touchers; i++)
+		ck_assert_msg(ts[i].bad == 0, "%s: toucher %u saw %lu wrong pages; "
+			      "first %s (seed %llu)", sc->name, i, ts[i].bad,
+			      ts[i].first_bad, (unsigned long long)sc->seed);
+
+	pcopy_dest_destroy(r.d);
+	r.d = NULL;
+	/* the source of the session that ended last reports */
+	{
+		unsigned cur = atomic_load(&r.cur);
+
+		sc->src_res_rc = rl_src_result(&r.src[cur < r.nsrc ? cur : 0],
+					       rc == 0 ? 15000 : 3000, &sc->src_res);
+		if (sc->src_res_rc == 0)
+			fprintf(stderr, "%s: source: rc %d conns %d add_errors %d%s%s %s\n",
+				sc->name, sc->src_res.rc, sc->src_res.conns,
+				sc->src_res.add_errors,
+				sc->src_res.add_msg[0] ? " first: " : "",
+				sc->src_res.add_msg, sc->src_res.msg);
+	}
+	for (unsigned i = 0; sc->detect && i < 3 && sc->detect[i]; i++)
+		if (rl_log_has(&r.log, sc->detect[i]) ||
+		    strcasestr(sc->err, sc->detect[i]) ||
+		    strcasestr(sc->src_res.log, sc->detect[i]))
+			sc->detected = true;
+	if (rc == 0) {
+		ck_assert_msg(sc->src_res_rc == 0, "%s: source child gave no result (%d)",
+			      sc->name, sc->src_res_rc);
+		ck_assert_msg(sc->src_res.rc == 0, "%s: source ended with %s: %s",
+			      sc->name, pcopy_strerror(sc->src_res.rc), sc->src_res.msg);
+	}
+	rl_dest_fini(&r);
+	rl_log_fini(&r.log);
+	ck_assert_int_eq(count_fds(), fds0);
+	return true;
+}
+
+static const char *mem_tag(enum tl_mem m)
+{
+	return tl_mem_name(m);
+}
+
+/* ---- (a) cuts at random points across the restore ---- */
+
+/*
+ * _i: 0 anon + connect callback, 1 memfd + manual resume, 2 hugetlb +
+ * callback (cuts inside 2 MiB host pages), 3 anon + callback + zlib +
+ * urgent connection.
+ */
+START_TEST(test_random_cuts)
+{
+	static const enum tl_mem mems[] = { TL_MEM_ANON, TL_MEM_MEMFD,
+					    TL_MEM_HUGETLB, TL_MEM_ANON };
+	struct tl_source_cfg img;
+	struct scen sc;
+	char name[64], spec[96];
+	uint64_t rng, w, hello, span;
+	unsigned k;
+
+	memset(&sc, 0, sizeof(sc));
+	sc.mem = mems[_i];
+	snprintf(name, sizeof(name), "random-cuts/%s/%s%s", mem_tag(sc.mem),
+		 _i == 1 ? "manual" : "callback", _i == 3 ? "+zlib+urgent" : "");
+	sc.name = name;
+	sc.manual = _i == 1;
+	sc.zlib = sc.urgent = _i == 3;
+	sc.touchers = TOUCHERS;
+	one_region(&img, sc.mem, rl_test_bytes(DEF_MB));
+	sc.seed = rl_seed(name);
+	rng = sc.seed;
+	hello = rl_hello_bytes(&img);
+	w = wire_estimate(&img);
+	/* 28 cuts whose expected sum is ~60% of the stream: they all fire, and
+	 * together reach well into the restore */
+	span = w * 12 / 10 / NCUTS;
+	fprintf(stderr, "%s: %u connections cut at (b2a byte):", name, NCUTS);
+	for (k = 1; k <= NCUTS; k++) {
+		uint64_t at = hello + 64 + rl_rand(&rng) % span;
+
+		fprintf(stderr, " %" PRIu64, at);
+		snprintf(spec, sizeof(spec), "b2a:cut@%" PRIu64 ",conn=%u", at, k);
+		add_rule(&sc, spec);
+	}
+	fprintf(stderr, "\n");
+	/* and a few request-direction cuts (whichever comes first fires) */
+	for (k = 2; k <= NCUTS && sc.nrules < PROXY_RULES_MAX; k += 7) {
+		snprintf(spec, sizeof(spec), "a2b:cut@%" PRIu64 ",conn=%u",
+			 hello + rl_rand(&rng) % 2048, k);
+		add_rule(&sc, spec);
+	}
+	if (!run_scen(&sc, &img))
+		return;
+	/* with the urgent connection every other connection is an urgent
+	 * one, which carries little: fewer of its cuts fire */
+	ck_assert_msg(sc.cuts_fired >= (sc.urgent ? 10u : 20u),
+		      "%s: only %u cuts fired (seed %llu)", name, sc.cuts_fired,
+		      (unsigned long long)sc.seed);
+	ck_assert_msg(sc.st.breaks >= sc.cuts_fired - 1,
+		      "%s: %u cuts but stats.breaks %llu", name, sc.cuts_fired,
+		      (unsigned long long)sc.st.breaks);
+	ck_assert_uint_gt(sc.st.resent_pages + sc.st.host_pages_total, 0);
+}
+END_TEST
+
+/* ---- (b) repeated cuts during the resume handshake itself ---- */
+
+START_TEST(test_cuts_in_resume)
+{
+	struct tl_source_cfg img;
+	struct scen sc;
+	char name[64], spec[96];
+	uint64_t rng, w, hello;
+	unsigned k = 1, i;
+
+	memset(&sc, 0, sizeof(sc));
+	sc.mem = _i == 2 ? TL_MEM_HUGETLB : TL_MEM_ANON;
+	snprintf(name, sizeof(name), "cuts-in-resume/%s/%s", mem_tag(sc.mem),
+		 _i == 1 ? "manual" : "callback");
+	sc.name = name;
+	sc.manual = _i == 1;
+	sc.touchers = TOUCHERS;
+	one_region(&img, sc.mem, rl_test_bytes(DEF_MB));
+	sc.seed = rl_seed(name);
+	rng = sc.seed;
+	hello = rl_hello_bytes(&img);
+	w = wire_estimate(&img);
+
+	for (unsigned round = 0; round < 2; round++) {
+		/* a break in the middle of the stream ... */
+		snprintf(spec, sizeof(spec), "b2a:cut@%" PRIu64 ",conn=%u",
+			 hello + w / 5 + rl_rand(&rng) % (w / 10), k++);
+		add_rule(&sc, spec);
+		/* ... then every resume attempt dies somewhere in its
+		 * handshake: in the source's HELLO, in ours, in the received
+		 * bitmap, right after it, in the first resent frame */
+		for (i = 0; i < 6; i++, k++) {
+			uint64_t at;
+
+			switch (i) {
+			case 0:	/* source HELLO */
+				at = rl_rand(&rng) % hello;
+				snprintf(spec, sizeof(spec), "b2a:cut@%" PRIu64 ",conn=%u", at, k);
+				break;
+			case 1:	/* our HELLO */
+				at = rl_rand(&rng) % hello;
+				snprintf(spec, sizeof(spec), "a2b:cut@%" PRIu64 ",conn=%u", at, k);
+				break;
+			case 2:	/* inside the RECV_BITMAP header */
+				snprintf(spec, sizeof(spec),
+					 "a2b:cut-frame@%u=0,type=%u,conn=%u",
+					 (unsigned)(rl_rand(&rng) % 32),
+					 PCOPY_MSG_RECV_BITMAP, k);
+				break;
+			case 3:	/* inside the bitmap payload */
+				snprintf(spec, sizeof(spec),
+					 "a2b:cut-frame@%u=0,type=%u,conn=%u",
+					 33 + (unsigned)(rl_rand(&rng) % 64),
+					 PCOPY_MSG_RECV_BITMAP, k);
+				break;
+			case 4:	/* zero or one byte after the handshake */
+				snprintf(spec, sizeof(spec), "b2a:cut@%" PRIu64 ",conn=%u",
+					 hello + rl_rand(&rng) % 2, k);
+				break;
+			default: /* inside the first resent frame */
+				snprintf(spec, sizeof(spec), "b2a:cut@%" PRIu64 ",conn=%u",
+					 hello + 1 + rl_rand(&rng) % 4096, k);
+				break;
+			}
+			add_rule(&sc, spec);
+		}
+	}
+	if (!run_scen(&sc, &img))
+		return;
+	ck_assert_msg(sc.cuts_fired >= 12, "%s: only %u cuts fired", name,
+		      sc.cuts_fired);
+	ck_assert_uint_ge(sc.st.breaks, 2);
+}
+END_TEST
+
+/* ---- (c) corruption: payload, header, request ---- */
+
+struct corrupt_case {
+	const char *name;
+	enum proxy_dir dir;
+	long off;		/* from the end of the HELLO; < 0: random payload */
+	unsigned mask;
+	const char *detect[3];	/* one of these in a log or error message */
+};
+
+static const struct corrupt_case corrupt_cases[] = {
+	{ "page-payload", PROXY_B2A, -1, 0x01, { "crc", "integrity", NULL } },
+	{ "header-magic", PROXY_B2A, 0, 0x20, { "magic", "header", NULL } },
+	{ "header-type", PROXY_B2A, 4, 0x40, { "type", "header", NULL } },
+	{ "header-region", PROXY_B2A, 8, 0x01, { "crc", "region", NULL } },
+	{ "header-length", PROXY_B2A, 27, 0x80, { "length", "header", NULL } },
+	{ "request-entry", PROXY_A2B, 32 + 1, 0x10, { "crc", "REQ", "request" } },
+	{ "request-header", PROXY_A2B, 4, 0x40, { "type", "header", "REQ" } },
+};
+#define NCORRUPT (sizeof(corrupt_cases) / sizeof(corrupt_cases[0]))
+
+START_TEST(test_corrupt)
+{
+	const struct corrupt_case *cc = &corrupt_cases[_i];
+	struct tl_source_cfg img;
+	struct scen sc;
+	char name[64], spec[96];
+	uint64_t rng, at, hello;
+
+	memset(&sc, 0, sizeof(sc));
+	sc.mem = TL_MEM_ANON;
+	snprintf(name, sizeof(name), "corrupt/%s", cc->name);
+	sc.name = name;
+	sc.touchers = TOUCHERS;
+	sc.outcome = OUT_COMPLETE_OR_FAIL;
+	sc.dest_deadline_ms = 5000;
+	sc.src_deadline_ms = 5000;
+	one_region(&img, sc.mem, rl_test_bytes(DEF_MB));
+	sc.seed = rl_seed(name);
+	rng = sc.seed;
+	hello = rl_hello_bytes(&img);
+	if (cc->off < 0)	/* nearly all of the stream is page payload */
+		at = hello + (64u << 10) + rl_rand(&rng) % (wire_estimate(&img) / 2);
+	else
+		at = hello + (uint64_t)cc->off;
+	snprintf(spec, sizeof(spec), "%s:flip@%" PRIu64 "=%u,conn=1",
+		 cc->dir == PROXY_A2B ? "a2b" : "b2a", at, cc->mask);
+	fprintf(stderr, "%s: %s\n", name, spec);
+	add_rule(&sc, spec);
+	sc.detect = cc->detect;
+	if (!run_scen(&sc, &img))
+		return;
+	ck_assert_msg(sc.detected, "%s: corruption at byte %llu was not detected: "
+		      "rc %d '%s', breaks %llu, source '%s'", name,
+		      (unsigned long long)at, sc.rc, sc.err,
+		      (unsigned long long)sc.st.breaks, sc.src_res.msg);
+	if (sc.rc < 0)
+		ck_assert_msg(sc.rc == -EBADMSG || sc.rc == -EPROTO,
+			      "%s: failed with %s, want EBADMSG or EPROTO: %s",
+			      name, pcopy_strerror(sc.rc), sc.err);
+}
+END_TEST
+
+/* ---- (d) source killed with SIGKILL, restarted, resumed ---- */
+
+/* Kill source 0 once the first connection has carried hook_arg bytes of
+ * pages, and point new connections at the standby source 1. */
+static void kill_source(struct rl_dest *r, struct scen *sc, uint64_t t)
+{
+	struct proxy_conn_stats st;
+
+	(void)t;
+	if (sc->hook_done || proxy_stats(r->px, 1, &st) != 0 ||
+	    st.dir[PROXY_B2A].bytes_out < sc->hook_arg)
+		return;
+	sc->hook_done = true;
+	fprintf(stderr, "%s: SIGKILL source pid %d after %llu bytes\n", sc->name,
+		(int)r->src[0].pid,
+		(unsigned long long)st.dir[PROXY_B2A].bytes_out);
+	atomic_store(&r->cur, 1);
+	kill(r->src[0].pid, SIGKILL);
+}
+
+START_TEST(test_source_killed)
+{
+	struct tl_source_cfg img;
+	struct scen sc;
+	char name[64];
+
+	memset(&sc, 0, sizeof(sc));
+	sc.mem = TL_MEM_ANON;
+	snprintf(name, sizeof(name), "source-killed/%s", _i ? "manual" : "callback");
+	sc.name = name;
+	sc.manual = _i == 1;
+	sc.touchers = TOUCHERS;
+	sc.nsrc = 2;
+	sc.outcome = OUT_COMPLETE_OR_FAIL;
+	sc.dest_deadline_ms = 3000;
+	one_region(&img, sc.mem, rl_test_bytes(DEF_MB));
+	sc.seed = rl_seed(name);
+	/* slow the first connection so the kill lands mid-restore */
+	add_rule(&sc, "b2a:throttle=8m,conn=1");
+	sc.hook = kill_source;
+	sc.hook_arg = wire_estimate(&img) / 4;
+	if (!run_scen(&sc, &img))
+		return;
+	ck_assert_msg(sc.hook_done, "%s: the restore ended before the kill", name);
+	if (sc.rc == 0) {
+		fprintf(stderr, "%s: RESUMED against a restarted source\n", name);
+		ck_assert_uint_ge(sc.st.breaks, 1);
+	} else {
+		/* A restarted source is a new session: the design refuses
+		 * the RESUME (session id mismatch); the destination must say
+		 * so, within its resume deadline, without a wrong byte. */
+		fprintf(stderr, "%s: CLEAN FAILURE: %s (%llu host pages resident)\n",
+			name, sc.err, (unsigned long long)sc.resident);
+		ck_assert_msg(sc.resident > 0, "%s: nothing was received before the kill",
+			      name);
+	}
+}
+END_TEST
+
+/* ---- (e) destination killed: the source notices and lets go ---- */
+
+static void dest_child(const struct tl_source_cfg *img, int fd)
+{
+	struct tl_mapping maps[4];
+	struct pcopy_region regions[4];
+	struct pcopy_dest_opts o;
+	struct pcopy_dest *d;
+	struct rl_toucher ts[2];
+
+	for (unsigned i = 0; i < img->nregions; i++)
+		if (tl_map(TL_MEM_ANON, img->lengths[i], &maps[i]))
+			_exit(2);
+	tl_regions(img, maps, regions);
+	pcopy_dest_opts_init(&o);
+	o.keepalive_ms = 300;
+	if (pcopy_dest_create(&d, regions, img->nregions, &o))
+		_exit(3);
+	rl_touchers_start(ts, 2, img->nregions, regions, true);
+	if (pcopy_dest_start(d, fd))
+		_exit(4);
+	pcopy_dest_wait(d, 60000);
+	_exit(5);
+}
+
+/* _i: 0 SIGKILL (the source sees EOF), 1 SIGSTOP (only the keepalive can
+ * tell: the socket stays open). */
+START_TEST(test_dest_killed)
+{
+	const int deadline = 1000, keepalive = 300;
+	struct tl_source_cfg img;
+	struct rl_src src;
+	struct rl_src_result res;
+	struct rl_src_opts so = { .resume_deadline_ms = deadline,
+				  .keepalive_ms = keepalive };
+	struct proxy_conn_stats st;
+	struct proxy_rule rule;
+	struct proxy *px;
+	char err[128];
+	uint64_t t_kill, t_end;
+	pid_t dpid;
+	int sv[2], up, rc;
+
+	one_region(&img, TL_MEM_ANON, rl_test_bytes(DEF_MB));
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	ck_assert_int_eq(rl_src_spawn(&img, &so, &src), 0);
+	dpid = fork();
+	ck_assert_int_ge(dpid, 0);
+	if (dpid == 0) {
+		close(sv[1]);
+		dest_child(&img, sv[0]);
+	}
+	close(sv[0]);
+	up = rl_src_connect(&src);
+	ck_assert_int_ge(up, 0);
+	ck_assert_int_eq(proxy_create(&px, 0, stderr), 0);
+	ck_assert_int_eq(proxy_parse_rule("b2a:throttle=4m", &rule, err, sizeof(err)), 0);
+	ck_assert_int_eq(proxy_add_rule(px, &rule), 0);
+	ck_assert_int_eq(proxy_start(px), 0);
+	ck_assert_int_eq(proxy_attach(px, sv[1], up), 1);
+
+	/* kill once pages are flowing */
+	t_kill = now_ms() + 20000;
+	while (now_ms() < t_kill) {
+		if (proxy_stats(px, 1, &st) == 0 &&
+		    st.dir[PROXY_B2A].bytes_out >= (512u << 10))
+			break;
+		usleep(10000);
+	}
+	ck_assert_uint_ge(st.dir[PROXY_B2A].bytes_out, 512u << 10);
+	t_kill = now_ms();
+	kill(dpid, _i ? SIGSTOP : SIGKILL);
+	rc = rl_src_result(&src, deadline + keepalive * 3 + 10000, &res);
+	t_end = now_ms();
+	kill(dpid, SIGKILL);
+	waitpid(dpid, NULL, 0);
+	proxy_destroy(px);
+	ck_assert_msg(rc == 0, "source child gave no result (%d)", rc);
+	fprintf(stderr, "dest-killed/%s: source ended after %llu ms (paused %d ms): "
+		"rc %d (%s) '%s'; fds %d -> %d\n", _i ? "stop" : "kill",
+		(unsigned long long)(t_end - t_kill), res.wait_ms, res.rc,
+		pcopy_strerror(res.rc), res.msg, res.fds_before, res.fds_after);
+	ck_assert_msg(res.rc < 0, "the source did not fail (%d)", res.rc);
+	ck_assert_msg(res.rc == -ETIMEDOUT || res.rc == -ECONNRESET ||
+		      res.rc == -EPIPE, "unexpected error %s: %s",
+		      pcopy_strerror(res.rc), res.msg);
+	ck_assert_str_ne(res.msg, "");
+	/* it waited for the destination to come back, then gave up */
+	ck_assert_msg(res.wait_ms >= deadline * 8 / 10,
+		      "the source paused only %d ms (deadline %d)", res.wait_ms, deadline);
+	ck_assert_msg(t_end - t_kill <= (uint64_t)(deadline + keepalive * 2 + 3000),
+		      "the source took %llu ms to let go",
+		      (unsigned long long)(t_end - t_kill));
+	ck_assert_int_eq(res.fds_after, res.fds_before);
+}
+END_TEST
+
+/* ---- (f) stalls longer than the keepalive ---- */
+
+/*
+ * _i: 0 the page stream stalls 4 s (the destination's keepalive, 300 ms,
+ * must fire); 1 the request stream stalls 4 s while pages flow slowly (the
+ * source's keepalive must fire); 2 a 100 ms stall with a 2 s keepalive
+ * (no break may happen).
+ */
+START_TEST(test_stall)
+{
+	struct tl_source_cfg img;
+	struct scen sc;
+	char name[64], spec[96];
+	uint64_t hello, w;
+
+	memset(&sc, 0, sizeof(sc));
+	sc.mem = TL_MEM_ANON;
+	snprintf(name, sizeof(name), "stall/%s",
+		 _i == 0 ? "pages" : _i == 1 ? "requests" : "short");
+	sc.name = name;
+	sc.touchers = TOUCHERS;
+	one_region(&img, sc.mem, rl_test_bytes(DEF_MB));
+	sc.seed = rl_seed(name);
+	hello = rl_hello_bytes(&img);
+	w = wire_estimate(&img);
+	switch (_i) {
+	case 0:
+		sc.dest_keepalive_ms = 300;
+		sc.src_keepalive_ms = 300;
+		snprintf(spec, sizeof(spec), "b2a:stall@%" PRIu64 "=4000,conn=1",
+			 hello + w / 4);
+		add_rule(&sc, spec);
+		break;
+	case 1:
+		sc.dest_keepalive_ms = 300;
+		sc.src_keepalive_ms = 300;
+		add_rule(&sc, "b2a:throttle=2m,conn=1");
+		snprintf(spec, sizeof(spec), "a2b:stall@%" PRIu64 "=4000,conn=1", hello);
+		add_rule(&sc, spec);
+		break;
+	default:
+		sc.dest_keepalive_ms = 2000;
+		sc.src_keepalive_ms = 2000;
+		snprintf(spec, sizeof(spec), "b2a:stall@%" PRIu64 "=100,conn=1",
+			 hello + w / 4);
+		add_rule(&sc, spec);
+		break;
+	}
+	if (!run_scen(&sc, &img))
+		return;
+	if (_i == 2) {
+		ck_assert_msg(sc.st.breaks == 0, "%s: a 100 ms stall broke the "
+			      "connection with a 2 s keepalive", name);
+		return;
+	}
+	ck_assert_msg(sc.st.breaks >= 1, "%s: the stall was not detected", name);
+	/* recovered by resuming, not by waiting the stall out */
+	ck_assert_msg(sc.st.elapsed_ns < 3500000000ull,
+		      "%s: took %llu ms: the stall was waited out", name,
+		      (unsigned long long)(sc.st.elapsed_ns / 1000000));
+}
+END_TEST
+
+static int suite_reserved;
+
+static void hugetlb_setup(void)
+{
+	char why[256];
+
+	suite_reserved = tl_hugetlb_reserve(rl_test_bytes(DEF_MB) / TL_HUGE, why,
+					    sizeof(why));
+}
+
+static void hugetlb_teardown(void)
+{
+	if (suite_reserved > 0)
+		tl_hugetlb_release();
+}
+
+static Suite *make_recovery_suite(void)
+{
+	Suite *s = suite_create("recovery");
+	TCase *tc;
+
+	tc = tcase_create("random-cuts");
+	tcase_set_timeout(tc, 120);
+	tcase_add_unchecked_fixture(tc, hugetlb_setup, hugetlb_teardown);
+	tcase_add_loop_test(tc, test_random_cuts, 0, 4);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("cuts-in-resume");
+	tcase_set_timeout(tc, 120);
+	tcase_add_unchecked_fixture(tc, hugetlb_setup, hugetlb_teardown);
+	tcase_add_loop_test(tc, test_cuts_in_resume, 0, 3);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("corrupt");
+	tcase_set_timeout(tc, 120);
+	tcase_add_loop_test(tc, test_corrupt, 0, NCORRUPT);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("source-killed");
+	tcase_set_timeout(tc, 120);
+	tcase_add_loop_test(tc, test_source_killed, 0, 2);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("dest-killed");
+	tcase_set_timeout(tc, 120);
+	tcase_add_loop_test(tc, test_dest_killed, 0, 2);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("stall");
+	tcase_set_timeout(tc, 120);
+	tcase_add_loop_test(tc, test_stall, 0, 3);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(make_recovery_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
