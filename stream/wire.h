@@ -233,7 +233,9 @@ int wire_error_decode(const uint8_t *buf, size_t len, int *errnum,
  * received bitmap as u64 words, bit n = host page n), advances the position,
  * and returns 1 when the whole table has been covered, else 0. -EPROTO with a
  * message on any violation (gap, overlap, wrong region order, count past the
- * region, wrong payload length, stray high bits).
+ * region, wrong payload length, stray high bits, a message after the bitmap
+ * was complete); the position does not move then. `bits` (or one region's
+ * entry) may be NULL to validate only.
  */
 int wire_bitmap_apply(const struct wire_hdr *h, const uint8_t *payload,
 		      const struct wire_region *tab, unsigned n,
@@ -241,9 +243,11 @@ int wire_bitmap_apply(const struct wire_hdr *h, const uint8_t *payload,
 		      uint64_t *const *bits, char *err, size_t errlen);
 
 /*
- * Encode up to max_bits host pages of `bits` starting at host page `first` of
- * region `region` (nbits = host pages in the region) into h + payload (cap
- * bytes). Returns payload length (count in h->count) or -ENOSPC.
+ * Encode host pages first .. nbits - 1 of `bits` (region `region`; nbits =
+ * host pages in the region), as many as fit in cap payload bytes and
+ * PCOPY_BITMAP_MAX_BITS, into h (magic, type, region, count, offset = first,
+ * length; crc left for conn_send_msg) + payload. Returns the payload length
+ * (h->count host pages), -ENOSPC if cap is 0, -EINVAL if first >= nbits.
  */
 int wire_bitmap_encode(uint32_t region, const uint64_t *bits, uint64_t nbits,
 		       uint64_t first, struct wire_hdr *h, uint8_t *payload,

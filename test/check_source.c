@@ -198,6 +198,14 @@ struct fdest {
 	struct wire_req mid_req;	/* ... send this REQ */
 	bool after_end_req;		/* after END: REQ 10 sent pages, expect silence */
 	bool no_done;
+	const void *psk;		/* key for the handshake, or NULL */
+	size_t psk_len;
+	uint64_t *const *bitmap;	/* RESUME: received bits per region */
+	bool bitmap_cut;		/* RESUME: close after the first message */
+	bool close_at_end;		/* on END: close without DONE */
+	bool check_quiet;		/* before mid_req: nothing for 200 ms? */
+	int end_wait_ms;		/* on END: linger this long (PINGs) */
+	int send_ping_ms;		/* > 0: PING when the read waits this long */
 	/* results */
 	int hs_err;
 	char hs_msg[PCOPY_ERRMSG_MAX];
@@ -212,6 +220,8 @@ struct fdest {
 	bool got_end, got_error, silent;
 	int peer_errnum;
 	char peer_msg[PCOPY_ERROR_TEXT_MAX + 1];
+	uint64_t session;		/* from the source's HELLO */
+	unsigned pings;			/* PINGs received */
 	int recv_err;
 	char fail[512];			/* first verification failure */
 };
@@ -374,6 +384,69 @@ static void after_end(struct fdest *d)
 	d->silent = poll(&pfd, 1, 300) == 0;
 }
 
+/* After END: read for end_wait_ms, counting PINGs; anything else fails. */
+static void linger(struct fdest *d, uint8_t *buf)
+{
+	uint64_t until = pcopy_now_ns() + (uint64_t)d->end_wait_ms * 1000000ull;
+	char err[PCOPY_ERRMSG_MAX];
+	struct wire_hdr h;
+
+	for (;;) {
+		uint64_t dl = until, now = pcopy_now_ns();
+		int e;
+
+		if (now >= until)
+			break;
+		if (d->send_ping_ms &&
+		    now + (uint64_t)d->send_ping_ms * 1000000ull < until)
+			dl = now + (uint64_t)d->send_ping_ms * 1000000ull;
+		e = conn_recv_msg(d->fd, &h, buf, PCOPY_WIRE_PAYLOAD_MAX, dl, -1,
+				  err, sizeof(err));
+		if (e == -ETIMEDOUT) {
+			if (d->send_ping_ms)
+				send_empty(d, PCOPY_MSG_PING);
+			continue;
+		}
+		if (e)
+			break;
+		if (h.type == PCOPY_MSG_PING)
+			d->pings++;
+		else
+			FAILF(d, "message type %u after END", h.type);
+	}
+}
+
+/* RESUME: the received bitmap, region by region, in one message each (or
+ * only the first one, then close: a break during the resume). */
+static int send_bitmap(struct fdest *d)
+{
+	static uint8_t pay[PCOPY_WIRE_PAYLOAD_MAX];
+	unsigned r;
+
+	for (r = 0; r < d->im->n; r++) {
+		uint64_t nb = d->im->reg[r].length / d->im->reg[r].page_size;
+		struct wire_hdr h;
+		int len;
+
+		memset(&h, 0, sizeof(h));
+		len = wire_bitmap_encode(r, d->bitmap[r], nb, 0, &h, pay,
+					 sizeof(pay));
+		ck_assert_int_gt(len, 0);
+		ck_assert_uint_eq(h.count, nb);
+		h.type = PCOPY_MSG_RECV_BITMAP;
+		if (conn_send_msg(d->fd, &h, pay, (size_t)len)) {
+			FAILF(d, "sending RECV_BITMAP failed");
+			return -1;
+		}
+		if (d->bitmap_cut) {
+			close(d->fd);
+			d->fd = -1;
+			return -1;
+		}
+	}
+	return 0;
+}
+
 static void *fdest_main(void *arg)
 {
 	struct fdest *d = arg;
@@ -386,9 +459,17 @@ static void *fdest_main(void *arg)
 	char err[PCOPY_ERRMSG_MAX];
 	unsigned i;
 
-	d->hs_err = conn_handshake(d->fd, &d->hello, peer, &d->features, 5000,
-				   d->hs_msg, sizeof(d->hs_msg));
+	{
+		struct conn_hs_params hp = { .psk = d->psk, .psk_len = d->psk_len,
+					     .timeout_ms = 5000 };
+
+		d->hs_err = conn_handshake2(d->fd, &d->hello, peer, &d->features,
+					    &hp, d->hs_msg, sizeof(d->hs_msg));
+	}
 	if (d->hs_err)
+		goto out;
+	d->session = peer->session_id;
+	if (d->bitmap && send_bitmap(d))
 		goto out;
 	ck_assert_int_eq(codec_zlib_new(&z, false, 0), 0);
 	if (d->n_start_req && send_reqs(d, d->start_req, d->n_start_req))
@@ -443,11 +524,23 @@ static void *fdest_main(void *arg)
 		struct wire_hdr h;
 
 		err[0] = '\0';
+		if (d->send_ping_ms) {
+			struct pollfd pfd = { .fd = d->fd, .events = POLLIN };
+
+			if (poll(&pfd, 1, d->send_ping_ms) == 0) {
+				send_empty(d, PCOPY_MSG_PING);
+				continue;
+			}
+		}
 		d->recv_err = conn_recv_msg(d->fd, &h, buf, PCOPY_WIRE_PAYLOAD_MAX,
 					    pcopy_now_ns() + DEST_WAIT_MS * 1000000ull,
 					    -1, err, sizeof(err));
 		if (d->recv_err)
 			break;
+		if (h.type == PCOPY_MSG_PING) {
+			d->pings++;
+			continue;
+		}
 		if (h.type == PCOPY_MSG_ERROR) {
 			d->got_error = true;
 			wire_error_decode(buf, h.length, &d->peer_errnum,
@@ -466,6 +559,13 @@ static void *fdest_main(void *arg)
 				FAILF(d, "END inside a host page");
 			if (d->after_end_req)
 				after_end(d);
+			if (d->end_wait_ms)
+				linger(d, buf);
+			if (d->close_at_end) {
+				close(d->fd);
+				d->fd = -1;
+				break;
+			}
 			if (!d->no_done && send_empty(d, PCOPY_MSG_DONE))
 				FAILF(d, "sending DONE failed");
 			break;
@@ -483,6 +583,11 @@ static void *fdest_main(void *arg)
 		if (d->mid_req_after && !mid_sent && !hs.open &&
 		    d->norder >= d->mid_req_after) {
 			mid_sent = true;
+			if (d->check_quiet) {
+				struct pollfd pfd = { .fd = d->fd, .events = POLLIN };
+
+				d->silent = poll(&pfd, 1, 200) == 0;
+			}
 			if (send_reqs(d, &d->mid_req, 1))
 				FAILF(d, "sending mid-stream REQ failed");
 		}
@@ -538,22 +643,31 @@ static void log_cb(void *opaque, enum pcopy_log_level lvl, const char *msg)
 	pthread_mutex_unlock(&lb->lock);
 }
 
+/* Create the source (options o) and the fake destination (not started). */
+static void session_setup_o(struct session *ss, const struct image *im,
+			    const struct pcopy_source_opts *o,
+			    uint32_t dest_offer)
+{
+	int sv[2];
+
+	memset(ss, 0, sizeof(*ss));
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	ck_assert_int_eq(pcopy_source_create(&ss->s, im->reg, im->n, o), 0);
+	fdest_init(&ss->d, sv[1], im, dest_offer);
+	ss->start_err = sv[0];	/* stashed until session_start */
+}
+
 /* Create the source and the fake destination (not started yet). */
 static void session_setup(struct session *ss, const struct image *im,
 			  unsigned src_flags, uint32_t dest_offer,
 			  size_t batch)
 {
 	struct pcopy_source_opts o;
-	int sv[2];
 
-	memset(ss, 0, sizeof(*ss));
-	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	pcopy_source_opts_init(&o);
 	o.flags = src_flags;
 	o.batch_bytes = batch;
-	ck_assert_int_eq(pcopy_source_create(&ss->s, im->reg, im->n, &o), 0);
-	fdest_init(&ss->d, sv[1], im, dest_offer);
-	ss->start_err = sv[0];	/* stashed until session_start */
+	session_setup_o(ss, im, &o, dest_offer);
 }
 
 static void session_start(struct session *ss)
@@ -1173,6 +1287,590 @@ START_TEST(test_create_args)
 }
 END_TEST
 
+/* ---- urgent connection, resume, keepalive, PSK, ablations, rate ---- */
+
+#define OFFER_ALL (PCOPY_FEAT_URGENT | PCOPY_FEAT_RESUME)
+
+/* A further connection of the same session, driven by a fake destination
+ * thread while the test thread calls pcopy_source_add_conn. */
+struct stage {
+	struct fdest d;
+	pthread_t t;
+	int src_fd;
+};
+
+static void stage_open(struct stage *st, const struct image *im,
+		       uint32_t kind, uint64_t session)
+{
+	int sv[2];
+
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	fdest_init(&st->d, sv[1], im, OFFER_ALL);
+	st->d.hello.conn_kind = kind;
+	st->d.hello.session_id = session;
+	st->src_fd = sv[0];
+}
+
+/* Start the fake side, hand the source its end; returns add_conn's result
+ * after the fake side is done. */
+static int stage_run(struct stage *st, struct pcopy_source *s)
+{
+	int err;
+
+	ck_assert_int_eq(pthread_create(&st->t, NULL, fdest_main, &st->d), 0);
+	err = pcopy_source_add_conn(s, st->src_fd);
+	pthread_join(st->t, NULL);
+	return err;
+}
+
+static void wait_paused(struct pcopy_source *s)
+{
+	int i;
+
+	for (i = 0; i < 10000; i++) {
+		if (pcopy_source_paused(s))
+			return;
+		usleep(1000);
+	}
+	ck_abort_msg("the source never paused (error: %s)",
+		     pcopy_source_error(s));
+}
+
+/* Received bitmaps per region from what fdest(s) saw; `drop` marks every
+ * page with index % 3 == 1 as lost even if it arrived. */
+struct bitmaps {
+	uint64_t *w[MAXR];
+	uint64_t *const *ptr;
+};
+
+static void bitmaps_init(struct bitmaps *b, const struct image *im)
+{
+	unsigned r;
+
+	for (r = 0; r < im->n; r++)
+		b->w[r] = calloc((im->reg[r].length / TP + 63) / 64, 8);
+	b->ptr = b->w;
+}
+
+static void bitmaps_mark(struct bitmaps *b, const struct fdest *d, bool drop,
+			 uint64_t *nmarked)
+{
+	unsigned r;
+	uint64_t tp;
+
+	for (r = 0; r < d->im->n; r++)
+		for (tp = 0; tp < d->im->reg[r].length / TP; tp++) {
+			if (!d->seen[r][tp] || (drop && tp % 3 == 1))
+				continue;
+			if (!(b->w[r][tp / 64] & (1ull << (tp % 64))))
+				(*nmarked)++;
+			b->w[r][tp / 64] |= 1ull << (tp % 64);
+		}
+}
+
+static bool bit(const struct bitmaps *b, unsigned r, uint64_t tp)
+{
+	return b->w[r][tp / 64] >> (tp % 64) & 1;
+}
+
+static void bitmaps_free(struct bitmaps *b, const struct image *im)
+{
+	unsigned r;
+
+	for (r = 0; r < im->n; r++)
+		free(b->w[r]);
+}
+
+static void resume_image(struct image *im)
+{
+	image_init(im);
+	image_add(im, 2 * MIB, TP);	/* 512 host pages */
+	image_add(im, 1 * MIB, TP);	/* 256 */
+}
+
+/* Where the first stage cuts: after N frames, or at END (-1). */
+static const long cut_points[] = { 1, 37, 400, -1 };
+
+START_TEST(test_resume_cut)
+{
+	struct image im;
+	struct session ss;
+	struct stage st;
+	struct bitmaps b;
+	uint64_t marked = 0, want_req = (1ull << 40) | 250, pos, tp, unrec = 0;
+	uint64_t lost_sent = 0;
+	unsigned r;
+
+	resume_image(&im);
+	session_setup(&ss, &im, 0, OFFER_ALL, 0);
+	if (cut_points[_i] >= 0)
+		ss.d.close_after = cut_points[_i];
+	else
+		ss.d.close_at_end = true;
+	session_start(&ss);
+	ck_assert_int_eq(ss.start_err, 0);
+	pthread_join(ss.t, NULL);
+	wait_paused(ss.s);
+	/* a pause is not an end */
+	ck_assert_int_eq(pcopy_source_wait(ss.s, 50), -ETIMEDOUT);
+
+	bitmaps_init(&b, &im);
+	bitmaps_mark(&b, &ss.d, true, &marked);
+	for (r = 0; r < im.n; r++)
+		for (tp = 0; tp < im.reg[r].length / TP; tp++)
+			lost_sent += ss.d.seen[r][tp] && !bit(&b, r, tp);
+	/* page 250 of region 1 is never received before the resume */
+	b.w[1][250 / 64] &= ~(1ull << (250 % 64));
+	stage_open(&st, &im, PCOPY_CONN_RESUME, ss.s->hello.session_id);
+	st.d.bitmap = b.ptr;
+	st.d.start_req[0] = (struct wire_req){ .region = 1, .count = 1,
+					       .offset = 250 * TP };
+	st.d.n_start_req = 1;
+	ck_assert_int_eq(stage_run(&st, ss.s), 0);
+	ck_assert_int_eq(pcopy_source_wait(ss.s, 20000), 0);
+	ck_assert_msg(st.d.fail[0] == '\0', "destination: %s", st.d.fail);
+	ck_assert(st.d.got_end);
+	/* exactly the pages not marked received, each once */
+	for (r = 0; r < im.n; r++)
+		for (tp = 0; tp < im.reg[r].length / TP; tp++) {
+			ck_assert_msg(st.d.seen[r][tp] == !bit(&b, r, tp),
+				      "cut %ld: r%u/%llu marked %d, sent %u times",
+				      cut_points[_i], r, (unsigned long long)tp,
+				      bit(&b, r, tp), st.d.seen[r][tp]);
+			unrec += !bit(&b, r, tp);
+		}
+	ck_assert_uint_eq(st.d.norder, unrec);
+	/* the re-sent request first */
+	ck_assert(pos_of(&st.d, want_req, &pos));
+	ck_assert_uint_eq(pos, 0);
+	ck_assert_int_eq(pcopy_source_stats(ss.s, &ss.st), 0);
+	ck_assert_uint_eq(ss.st.breaks, 1);
+	/* pages the source had sent and the bitmap calls lost go again */
+	ck_assert_uint_ge(ss.st.resent_pages, lost_sent);
+	ck_assert_uint_le(ss.st.resent_pages, unrec);
+	ck_assert_int_eq(pcopy_source_paused(ss.s), 0);
+	fdest_free(&st.d);
+	bitmaps_free(&b, &im);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+/* Wrong session, a break inside the resume handshake, a second break after
+ * a resume, then completion: every page exactly once over all stages. */
+START_TEST(test_resume_twice)
+{
+	struct image im;
+	struct session ss;
+	struct stage bad, cut, st2, st3;
+	struct bitmaps b;
+	uint64_t marked = 0, tp;
+	unsigned r;
+	int err;
+
+	resume_image(&im);
+	session_setup(&ss, &im, 0, OFFER_ALL, 0);
+	ss.d.close_after = 100;
+	session_start(&ss);
+	pthread_join(ss.t, NULL);
+	wait_paused(ss.s);
+
+	/* another session's id is refused, and the pause goes on */
+	stage_open(&bad, &im, PCOPY_CONN_RESUME, ss.s->hello.session_id ^ 0x1234);
+	err = stage_run(&bad, ss.s);
+	ck_assert_int_eq(err, -EPROTO);
+	ck_assert_int_ne(bad.d.hs_err, 0);
+	ck_assert_msg(strstr(bad.d.hs_msg, "session"), "dest saw: %s",
+		      bad.d.hs_msg);
+	ck_assert_int_eq(pcopy_source_paused(ss.s), 1);
+
+	/* the connection breaks in the middle of the bitmap */
+	bitmaps_init(&b, &im);
+	bitmaps_mark(&b, &ss.d, false, &marked);
+	stage_open(&cut, &im, PCOPY_CONN_RESUME, ss.s->hello.session_id);
+	cut.d.bitmap = b.ptr;
+	cut.d.bitmap_cut = true;
+	err = stage_run(&cut, ss.s);
+	ck_assert_msg(err == -ECONNRESET || err == -EPIPE, "err %d", err);
+	ck_assert_int_eq(pcopy_source_paused(ss.s), 1);
+
+	/* a resume that breaks again */
+	stage_open(&st2, &im, PCOPY_CONN_RESUME, ss.s->hello.session_id);
+	st2.d.bitmap = b.ptr;
+	st2.d.close_after = 150;
+	ck_assert_int_eq(stage_run(&st2, ss.s), 0);
+	wait_paused(ss.s);
+	ck_assert_msg(st2.d.fail[0] == '\0', "destination: %s", st2.d.fail);
+
+	bitmaps_mark(&b, &st2.d, false, &marked);
+	stage_open(&st3, &im, PCOPY_CONN_RESUME, ss.s->hello.session_id);
+	st3.d.bitmap = b.ptr;
+	ck_assert_int_eq(stage_run(&st3, ss.s), 0);
+	ck_assert_int_eq(pcopy_source_wait(ss.s, 20000), 0);
+	ck_assert_msg(st3.d.fail[0] == '\0', "destination: %s", st3.d.fail);
+	for (r = 0; r < im.n; r++)
+		for (tp = 0; tp < im.reg[r].length / TP; tp++)
+			ck_assert_msg(ss.d.seen[r][tp] + st2.d.seen[r][tp] +
+				      st3.d.seen[r][tp] == 1,
+				      "r%u/%llu received %u+%u+%u times", r,
+				      (unsigned long long)tp, ss.d.seen[r][tp],
+				      st2.d.seen[r][tp], st3.d.seen[r][tp]);
+	ck_assert_int_eq(pcopy_source_stats(ss.s, &ss.st), 0);
+	ck_assert_uint_eq(ss.st.breaks, 2);
+	fdest_free(&bad.d);
+	fdest_free(&cut.d);
+	fdest_free(&st2.d);
+	fdest_free(&st3.d);
+	bitmaps_free(&b, &im);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+/* A corrupted frame reported by the destination (ERROR EBADMSG) is a break
+ * too; a fatal ERROR is not. */
+START_TEST(test_resume_after_peer_error)
+{
+	struct image im;
+	struct session ss;
+
+	resume_image(&im);
+	session_setup(&ss, &im, 0, OFFER_ALL, 0);
+	ss.d.send_error = EBADMSG;
+	ss.d.no_read = true;
+	ss.d.quit_fd = eventfd(0, EFD_CLOEXEC);
+	session_start(&ss);
+	wait_paused(ss.s);
+	ck_assert_int_eq(pcopy_source_stats(ss.s, &ss.st), 0);
+	ck_assert_uint_eq(ss.st.breaks, 1);
+	{
+		uint64_t one = 1;
+
+		ck_assert_int_eq(write(ss.d.quit_fd, &one, 8), 8);
+	}
+	pthread_join(ss.t, NULL);
+	close(ss.d.quit_fd);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+START_TEST(test_resume_deadline)
+{
+	struct pcopy_source_opts o;
+	struct image im;
+	struct session ss;
+	uint64_t t0, ms;
+
+	resume_image(&im);
+	pcopy_source_opts_init(&o);
+	o.resume_deadline_ms = 300;
+	session_setup_o(&ss, &im, &o, OFFER_ALL);
+	ss.d.close_after = 10;
+	session_start(&ss);
+	pthread_join(ss.t, NULL);
+	wait_paused(ss.s);
+	t0 = pcopy_now_ns();
+	ck_assert_int_eq(pcopy_source_wait(ss.s, -1), -ETIMEDOUT);
+	ms = (pcopy_now_ns() - t0) / 1000000;
+	ck_assert_msg(ms < 5000, "deadline took %llu ms", (unsigned long long)ms);
+	ck_assert_msg(strstr(pcopy_source_error(ss.s), "did not resume"),
+		      "message: %s", pcopy_source_error(ss.s));
+	ck_assert_int_eq(pcopy_source_paused(ss.s), 0);
+	/* too late now */
+	{
+		struct stage st;
+
+		stage_open(&st, &im, PCOPY_CONN_RESUME, ss.s->hello.session_id);
+		ck_assert_int_eq(stage_run(&st, ss.s), -ESHUTDOWN);
+		fdest_free(&st.d);
+	}
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+START_TEST(test_no_resume)
+{
+	struct image im;
+	struct session ss;
+
+	resume_image(&im);
+	session_setup(&ss, &im, PCOPY_SOURCE_NO_RESUME, OFFER_ALL, 0);
+	ss.d.close_after = 10;
+	session_start(&ss);
+	pthread_join(ss.t, NULL);
+	ss.wait_err = pcopy_source_wait(ss.s, 20000);
+	ck_assert_msg(ss.wait_err == -ECONNRESET || ss.wait_err == -EPIPE,
+		      "wait: %d", ss.wait_err);
+	ck_assert_int_eq(pcopy_source_paused(ss.s), 0);
+	ck_assert_int_eq(pcopy_source_stats(ss.s, &ss.st), 0);
+	ck_assert_uint_eq(ss.st.breaks, 0);
+	ck_assert_uint_eq(ss.d.features & PCOPY_FEAT_RESUME, 0);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+/* The destination goes silent (no reads, no PINGs): a break after the
+ * keepalive; with NO_RESUME (loop 0) the end, else (loop 1) a pause. */
+START_TEST(test_keepalive_silence)
+{
+	struct pcopy_source_opts o;
+	struct image im;
+	struct session ss;
+	uint64_t t0, ms, one = 1;
+
+	image_init(&im);
+	image_add(&im, 16 * MIB, TP);
+	pcopy_source_opts_init(&o);
+	o.keepalive_ms = 300;
+	o.flags = _i ? 0 : PCOPY_SOURCE_NO_RESUME;
+	session_setup_o(&ss, &im, &o, OFFER_ALL);
+	ss.d.no_read = true;
+	ss.d.quit_fd = eventfd(0, EFD_CLOEXEC);
+	t0 = pcopy_now_ns();
+	session_start(&ss);
+	if (_i) {
+		wait_paused(ss.s);
+	} else {
+		ck_assert_int_eq(pcopy_source_wait(ss.s, 10000), -ETIMEDOUT);
+		ck_assert_msg(strstr(pcopy_source_error(ss.s), "keepalive"),
+			      "message: %s", pcopy_source_error(ss.s));
+	}
+	ms = (pcopy_now_ns() - t0) / 1000000;
+	ck_assert_msg(ms >= 250 && ms < 5000, "silence noticed after %llu ms",
+		      (unsigned long long)ms);
+	ck_assert_int_eq(write(ss.d.quit_fd, &one, 8), 8);
+	pthread_join(ss.t, NULL);
+	close(ss.d.quit_fd);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+/* An idle source PINGs at a third of the keepalive, and a destination that
+ * PINGs back keeps the session alive. */
+START_TEST(test_keepalive_ping)
+{
+	struct pcopy_source_opts o;
+	struct image im;
+	struct session ss;
+
+	image_init(&im);
+	image_add(&im, 256 * 1024, TP);
+	pcopy_source_opts_init(&o);
+	o.keepalive_ms = 300;
+	session_setup_o(&ss, &im, &o, OFFER_ALL);
+	ss.d.end_wait_ms = 1000;
+	ss.d.send_ping_ms = 50;
+	session_start(&ss);
+	session_finish(&ss, 20000);
+	assert_clean_run(&ss);
+	ck_assert_uint_ge(ss.d.pings, 4);
+	ck_assert_uint_eq(ss.st.breaks, 0);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+/* loop 0: same key; 1: wrong key; 2: the destination has none. */
+START_TEST(test_psk)
+{
+	static const char key[] = "correct horse battery staple";
+	struct pcopy_source_opts o;
+	struct image im;
+	struct session ss;
+
+	image_init(&im);
+	image_add(&im, 1 * MIB, TP);
+	pcopy_source_opts_init(&o);
+	o.psk = key;
+	o.psk_len = sizeof(key) - 1;
+	session_setup_o(&ss, &im, &o, OFFER_ALL);
+	if (_i == 0) {
+		ss.d.psk = key;
+		ss.d.psk_len = sizeof(key) - 1;
+	} else if (_i == 1) {
+		ss.d.psk = "correct horse battery stapler";
+		ss.d.psk_len = sizeof(key);
+	}
+	session_start(&ss);
+	session_finish(&ss, 20000);
+	if (_i == 0) {
+		assert_clean_run(&ss);
+		ck_assert_uint_ne(ss.d.features & PCOPY_FEAT_AUTH, 0);
+	} else {
+		ck_assert_int_eq(ss.start_err, -EACCES);
+		ck_assert_int_eq(ss.wait_err, -EACCES);
+		ck_assert_int_ne(ss.d.hs_err, 0);
+		ck_assert_uint_eq(ss.d.nframes, 0);
+		ck_assert_uint_eq(ss.st.bytes_payload, 0);
+	}
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+START_TEST(test_no_background)
+{
+	struct image im;
+	struct session ss;
+	uint64_t i;
+
+	image_init(&im);
+	image_add(&im, 1 * MIB, TP);	/* 256 host pages */
+	session_setup(&ss, &im, PCOPY_SOURCE_NO_BACKGROUND, OFFER_ALL, 0);
+	ss.d.start_req[0] = (struct wire_req){ .region = 0, .count = 10,
+					       .offset = 100 * TP };
+	ss.d.n_start_req = 1;
+	/* after those 10: is the source quiet? then ask for everything */
+	ss.d.mid_req_after = 10;
+	ss.d.check_quiet = true;
+	ss.d.mid_req = (struct wire_req){ .region = 0, .count = 256, .offset = 0 };
+	session_start(&ss);
+	session_finish(&ss, 20000);
+	assert_clean_run(&ss);
+	ck_assert_msg(ss.d.silent, "pages were sent without a request");
+	for (i = 0; i < 10; i++)
+		ck_assert_uint_eq(ss.d.order[i], 100 + i);
+	ck_assert_uint_eq(ss.st.requests, 256);
+	ck_assert_uint_eq(ss.st.duplicates, 10);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+/* The cap holds on average: no faster than about the rate (the bucket
+ * starts full: 20 ms of it, at least 16 KiB). Lenient by 2x. */
+START_TEST(test_max_rate)
+{
+	const uint64_t rate = 8u << 20;
+	struct pcopy_source_opts o;
+	struct image im;
+	struct session ss;
+	double secs, want;
+
+	image_init(&im);
+	image_add(&im, 4 * MIB, TP);
+	pcopy_source_opts_init(&o);
+	o.max_rate_bps = rate;
+	session_setup_o(&ss, &im, &o, OFFER_ALL);
+	session_start(&ss);
+	session_finish(&ss, 20000);
+	assert_clean_run(&ss);
+	secs = (double)ss.st.elapsed_ns * 1e-9;
+	want = (double)(ss.st.bytes_wire - rate / 50 - SRC_TX_BYTES) / (double)rate;
+	ck_assert_msg(secs >= want / 2, "%llu bytes in %.3f s at a cap of %llu B/s",
+		      (unsigned long long)ss.st.bytes_wire, secs,
+		      (unsigned long long)rate);
+	ck_assert_msg(secs < want * 2 + 1.0, "too slow: %.3f s for %.3f", secs,
+		      want);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+/* Requests on the urgent connection are answered there, even for a page
+ * the background already sent, while the main connection's buffers are
+ * full because the destination does not read them. */
+START_TEST(test_urgent)
+{
+	struct image im;
+	struct session ss;
+	struct stage u;
+	uint64_t one = 1;
+	int i;
+
+	image_init(&im);
+	image_add(&im, 16 * MIB, TP);	/* 4096 host pages */
+	session_setup(&ss, &im, 0, OFFER_ALL, 0);
+	ss.d.no_read = true;
+	ss.d.quit_fd = eventfd(0, EFD_CLOEXEC);
+	session_start(&ss);
+	ck_assert_int_eq(ss.start_err, 0);
+	/* the sender fills the main socket and blocks */
+	for (i = 0; i < 200; i++) {
+		ck_assert_int_eq(pcopy_source_stats(ss.s, &ss.st), 0);
+		if (ss.st.bytes_wire > 64 * 1024)
+			break;
+		usleep(5000);
+	}
+	ck_assert_uint_gt(ss.st.bytes_wire, 64 * 1024);
+	stage_open(&u, &im, PCOPY_CONN_URGENT, ss.s->hello.session_id);
+	u.d.start_req[0] = (struct wire_req){ .region = 0, .count = 1,
+					      .offset = 4000 * TP };
+	u.d.start_req[1] = (struct wire_req){ .region = 0, .count = 1,
+					      .offset = 0 };
+	u.d.n_start_req = 2;
+	u.d.close_after = 2;	/* one frame per 4 KiB host page */
+	ck_assert_int_eq(stage_run(&u, ss.s), 0);
+	ck_assert_msg(u.d.fail[0] == '\0', "urgent: %s", u.d.fail);
+	ck_assert_uint_eq(u.d.norder, 2);
+	ck_assert_uint_eq(u.d.order[0], 4000);
+	ck_assert_uint_eq(u.d.order[1], 0);
+	ck_assert_int_eq(pcopy_source_stats(ss.s, &ss.st), 0);
+	ck_assert_uint_eq(ss.st.urgent_pages, 2);
+	ck_assert_uint_eq(ss.st.request_msgs, 1);
+	/* the urgent connection closing is no break */
+	usleep(50000);
+	ck_assert_int_eq(pcopy_source_paused(ss.s), 0);
+	ck_assert_int_eq(pcopy_source_wait(ss.s, 0), -ETIMEDOUT);
+	ck_assert_int_eq(write(ss.d.quit_fd, &one, 8), 8);
+	pthread_join(ss.t, NULL);
+	close(ss.d.quit_fd);
+	fdest_free(&u.d);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+/* Urgent with a full restore: the urgent page is marked sent, so the main
+ * stream skips it; NO_URGENT refuses the connection. */
+START_TEST(test_urgent_skip)
+{
+	struct image im;
+	struct session ss;
+	struct stage u;
+	uint64_t one = 1, tp;
+
+	image_init(&im);
+	image_add(&im, 8 * MIB, TP);	/* 2048 host pages */
+	session_setup(&ss, &im, _i ? PCOPY_SOURCE_NO_URGENT : 0, OFFER_ALL, 0);
+	ss.d.go_fd = eventfd(0, EFD_CLOEXEC);	/* main reads after urgent */
+	session_start(&ss);
+	ck_assert_int_eq(ss.start_err, 0);
+	stage_open(&u, &im, PCOPY_CONN_URGENT, ss.s->hello.session_id);
+	u.d.start_req[0] = (struct wire_req){ .region = 0, .count = 2,
+					      .offset = 2000 * TP };
+	u.d.n_start_req = 1;
+	u.d.close_after = 2;
+	if (_i) {
+		ck_assert_int_eq(stage_run(&u, ss.s), -EOPNOTSUPP);
+		ck_assert_int_ne(u.d.hs_err, 0);
+	} else {
+		ck_assert_int_eq(stage_run(&u, ss.s), 0);
+		ck_assert_uint_eq(u.d.norder, 2);
+	}
+	ck_assert_int_eq(write(ss.d.go_fd, &one, 8), 8);
+	session_finish(&ss, 20000);
+	close(ss.d.go_fd);
+	ck_assert_msg(ss.d.fail[0] == '\0', "destination: %s", ss.d.fail);
+	ck_assert_int_eq(ss.wait_err, 0);
+	ck_assert(ss.d.got_end);
+	/* every page once: the urgent ones on urgent only */
+	for (tp = 0; tp < 2048; tp++)
+		ck_assert_msg(ss.d.seen[0][tp] + (_i ? 0 : u.d.seen[0][tp]) == 1,
+			      "page %llu: %u on main, %u on urgent",
+			      (unsigned long long)tp, ss.d.seen[0][tp],
+			      u.d.seen[0][tp]);
+	ck_assert_uint_eq(ss.st.urgent_pages, _i ? 0 : 2);
+	fdest_free(&u.d);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
 static Suite *make_source_suite(void)
 {
 	Suite *su = suite_create("source");
@@ -1211,6 +1909,27 @@ static Suite *make_source_suite(void)
 	tcase_add_test(tc, test_handshake_timeout);
 	tcase_add_test(tc, test_peer_error);
 	tcase_add_test(tc, test_done_early);
+	suite_add_tcase(su, tc);
+
+	tc = tcase_create("resume");
+	tcase_set_timeout(tc, TMO);
+	tcase_add_loop_test(tc, test_resume_cut, 0,
+			    (int)(sizeof(cut_points) / sizeof(cut_points[0])));
+	tcase_add_test(tc, test_resume_twice);
+	tcase_add_test(tc, test_resume_after_peer_error);
+	tcase_add_test(tc, test_resume_deadline);
+	tcase_add_test(tc, test_no_resume);
+	tcase_add_loop_test(tc, test_keepalive_silence, 0, 2);
+	tcase_add_test(tc, test_keepalive_ping);
+	suite_add_tcase(su, tc);
+
+	tc = tcase_create("features");
+	tcase_set_timeout(tc, TMO);
+	tcase_add_loop_test(tc, test_psk, 0, 3);
+	tcase_add_test(tc, test_no_background);
+	tcase_add_test(tc, test_max_rate);
+	tcase_add_test(tc, test_urgent);
+	tcase_add_loop_test(tc, test_urgent_skip, 0, 2);
 	suite_add_tcase(su, tc);
 	return su;
 }

@@ -377,6 +377,7 @@ static enum recv_end recv_loop(struct pcopy_dest *d)
 {
 	enum recv_end e = RECV_GO;
 	unsigned i;
+	bool idle;
 	int rc, timeout = -1;
 
 	for (;;) {
@@ -408,6 +409,10 @@ static enum recv_end recv_loop(struct pcopy_dest *d)
 		e = reap(d);
 		if (e != RECV_GO)
 			continue;
+		for (i = 0, idle = false; i < DEST_NCONN; i++)
+			idle |= d->conn[i].fd >= 0 && !d->conn[i].queued;
+		if (idle)
+			continue;	/* a recv completed inline: queue the next */
 		e = keepalive(d, &timeout);
 		if (e != RECV_GO)
 			continue;
@@ -427,7 +432,6 @@ static enum recv_end recv_loop(struct pcopy_dest *d)
 			}
 			take_handoffs(d);
 		}
-		e = reap(d);
 	}
 }
 
