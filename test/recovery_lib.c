@@ -134,7 +134,7 @@ static int serve(const struct tl_source_cfg *img, const struct rl_src_opts *o,
 	void *mems[4] = { 0 };
 	struct src_logbuf lb;
 	uint64_t paused_at = 0;
-	bool started = false;
+	bool started = false, was_paused = false;
 	int rc = -ETIMEDOUT;
 
 	memset(&res, 0, sizeof(res));
@@ -196,14 +196,19 @@ static int serve(const struct tl_source_cfg *img, const struct rl_src_opts *o,
 		}
 		if (!started)
 			continue;
+		/* remember when the last pause began (the state is FAILED,
+		 * not paused, by the time the wait below returns) */
 		if (pcopy_source_paused(s) == 1) {
-			if (!paused_at)
+			if (!was_paused)
 				paused_at = mono_ms();
+			was_paused = true;
 		} else {
-			paused_at = 0;
+			was_paused = false;
 		}
 		rc = pcopy_source_wait(s, 0);
-		if (rc != -ETIMEDOUT)
+		/* a session that ends at its resume deadline also returns
+		 * -ETIMEDOUT: the error message tells it from "still running" */
+		if (rc != -ETIMEDOUT || pcopy_source_error(s)[0])
 			break;
 	}
 	res.rc = rc;

@@ -205,6 +205,12 @@ int fc_json_parse_text(const char *text, size_t len, struct fc_region *out,
 	}
 	o = json_tokener_parse_ex(tok, text, (int)len);
 	je = json_tokener_get_error(tok);
+	if (!o && je == json_tokener_continue) {
+		/* A NUL terminator tells the tokenizer the text has ended
+		 * (a top-level number or literal waits for it). */
+		o = json_tokener_parse_ex(tok, "", 1);
+		je = json_tokener_get_error(tok);
+	}
 	if (!o) {
 		snprintf(err, errlen, "JSON syntax error at byte %zu: %s",
 			 json_tokener_get_parse_end(tok),

@@ -171,8 +171,6 @@ static int start_local(struct fc_restore *r, const struct fc_source_cfg *cfg,
 	so.max_rate_bps = cfg->max_rate;
 	if (cfg->no_background)
 		so.flags |= PCOPY_SOURCE_NO_BACKGROUND;
-	/* A socketpair never breaks on its own: nothing to resume. */
-	so.flags |= PCOPY_SOURCE_NO_RESUME | PCOPY_SOURCE_NO_URGENT;
 	rc = pcopy_source_create(&r->s, sr, r->n, &so);
 	if (rc < 0) {
 		snprintf(err, errlen, "memory file source: %s", pcopy_strerror(rc));
