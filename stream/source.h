@@ -22,7 +22,8 @@
 #define SRC_BATCH_MAX		(64u << 20)	/* larger values are clamped */
 #define SRC_RAW_RUN_MAX		(64u << 10)	/* largest RAW frame payload */
 #define SRC_QUEUE_INITIAL	1024u		/* first ring size (entries) */
-#define SRC_TX_BYTES		(256u << 10)	/* wire bytes gathered per sendmsg */
+#define SRC_TX_MIN		(16u << 10)	/* wire bytes gathered per sendmsg: */
+#define SRC_TX_MAX		(1u << 20)	/* the batch, clamped to these */
 #define SRC_TX_IOV		1024u		/* iovecs per sendmsg (IOV_MAX) */
 #define SRC_TX_ARENA		(64u << 10)	/* zlib output held until a flush */
 #define SRC_RESUME_DEFAULT_MS	60000
@@ -134,6 +135,7 @@ struct src_tx {
 	uint64_t payload;		/* gathered image bytes */
 	uint64_t host_pages;		/* gathered host pages (stats) */
 	uint64_t last_tx_ns;		/* last successful send */
+	uint64_t flushes;		/* successful flushes so far */
 	struct src_window win;
 	struct codec_zlib *zlib;	/* when PCOPY_FEAT_ZLIB was negotiated */
 };
@@ -203,7 +205,8 @@ struct pcopy_source {
 
 	int stop_fd;			/* eventfd: readable -> the session is over */
 	struct src_queue q;
-	struct src_tx *tx;		/* the sender's */
+	struct src_tx *tx;		/* the sender's: background */
+	struct src_tx *rtx;		/* the sender's: requested pages */
 	_Atomic uint64_t file_bytes_read;
 
 	pthread_mutex_t conn_lock;	/* serialises pcopy_source_add_conn */
@@ -248,8 +251,9 @@ void src_end(struct pcopy_source *s, int err, bool notify, const char *fmt, ...)
 /*
  * A connection of generation `gen` failed with err. With resume negotiated
  * the session pauses (every connection is shut down, threads park); without,
- * it ends. `proto`: the peer broke the protocol (counted; the peer is told
- * why). Stale generations are ignored. Any library thread.
+ * it ends. `proto`: the peer broke the protocol (counted; too many end the
+ * session, and then the peer is told why). Stale generations are ignored.
+ * Any library thread.
  */
 void src_break(struct pcopy_source *s, uint64_t gen, int err, bool proto,
 	       const char *fmt, ...) __attribute__((format(printf, 5, 6)));

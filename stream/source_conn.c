@@ -250,6 +250,14 @@ static int urgent_entry(struct urgent *u, const struct wire_req *rq)
 
 		if (!src_live(s, u->tx->gen))
 			return -ECANCELED;
+		/* past the resend budget, 64 sent pages cost one load */
+		if (resent >= URGENT_RESEND_MAX && p % 64 == 0 && last - p >= 63 &&
+		    !atomic_load_explicit(&r->unsent[p / 64],
+					  memory_order_relaxed)) {
+			SRC_STAT_ADD(s, duplicates, 64);
+			p += 63;
+			continue;
+		}
 		claimed = src_claim(s, r, p);
 		if (!claimed && resent++ >= URGENT_RESEND_MAX) {
 			SRC_STAT_ADD(s, duplicates, 1);

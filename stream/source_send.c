@@ -216,6 +216,7 @@ int src_send_host_page(struct src_tx *tx, unsigned ri, uint64_t p)
 	struct src_region *r = &s->reg[ri];
 	size_t chunk = r->page_size < s->chunk ? r->page_size : s->chunk;
 	size_t base = (size_t)p * r->page_size, c, i;
+	uint64_t flushes = tx->flushes;
 	struct run rn = { 0 };
 	struct src_view v;
 	int err;
@@ -243,7 +244,14 @@ int src_send_host_page(struct src_tx *tx, unsigned ri, uint64_t p)
 		if ((err = flush_raw(tx, ri, &rn)))
 			return err;
 	}
-	return flush_zero(tx, ri, &rn);
+	if ((err = flush_zero(tx, ri, &rn)))
+		return err;
+	/* Part of this host page went out already: send the rest now, so
+	 * that tx never holds the tail of a host page and frames of another
+	 * gatherer on the same socket cannot land inside it. */
+	if (tx->flushes != flushes && tx->niov)
+		return src_tx_flush(tx);
+	return 0;
 }
 
 /* Background cursor: region index and host page. */
@@ -323,24 +331,28 @@ static int serve_one(struct pcopy_source *s, struct src_tx *tx,
 	return 0;
 }
 
-/* Serve the whole queue (first: an entry already taken, or UINT64_MAX),
- * then send at once. Returns 0 or -errno. */
-static int serve_requests(struct pcopy_source *s, struct src_tx *tx,
+/*
+ * Serve the whole queue (first: an entry already taken, or UINT64_MAX) into
+ * the request gatherer and send it at once, ahead of background frames
+ * gathered but not yet sent (those are whole host pages, so frames may be
+ * reordered between them). Returns 0 or -errno.
+ */
+static int serve_requests(struct pcopy_source *s, struct src_tx *rtx,
 			  struct cursor *cur, uint64_t first)
 {
 	bool any = first != UINT64_MAX;
 	uint64_t g;
 	int err;
 
-	if (any && (err = serve_one(s, tx, cur, first)))
+	if (any && (err = serve_one(s, rtx, cur, first)))
 		return err;
-	while (src_live(s, tx->gen) && src_queue_pop(&s->q, &g)) {
+	while (src_live(s, rtx->gen) && src_queue_pop(&s->q, &g)) {
 		any = true;
-		err = serve_one(s, tx, cur, g);
+		err = serve_one(s, rtx, cur, g);
 		if (err)
 			return err;
 	}
-	return any ? src_tx_flush(tx) : 0;
+	return any ? src_tx_flush(rtx) : 0;
 }
 
 /*
@@ -420,10 +432,12 @@ static int finish(struct src_tx *tx)
 /*
  * One generation of the main connection: requests first, then background
  * batches of at most s->batch bytes (the queue is checked between host
- * pages), gathered into writes of up to SRC_TX_BYTES; then END and idle.
+ * pages), gathered into writes of one batch; requests go through
+ * their own gatherer, flushed at once; then END and idle.
  * Returns 0 when the generation ended (break or end of session), or -errno.
  */
-static int stream(struct pcopy_source *s, struct src_tx *tx)
+static int stream(struct pcopy_source *s, struct src_tx *tx,
+		  struct src_tx *rtx)
 {
 	bool nobg = s->opts.flags & PCOPY_SOURCE_NO_BACKGROUND;
 	struct cursor cur = { 0, 0 };
@@ -434,7 +448,7 @@ static int stream(struct pcopy_source *s, struct src_tx *tx)
 	while (src_live(s, tx->gen)) {
 		size_t budget = s->batch;
 
-		err = serve_requests(s, tx, &cur, UINT64_MAX);
+		err = serve_requests(s, rtx, &cur, UINT64_MAX);
 		if (err)
 			return err;
 		if (!pages_left(s))
@@ -443,7 +457,7 @@ static int stream(struct pcopy_source *s, struct src_tx *tx)
 			/* only what is asked for: idle until it is */
 			err = idle_wait(s, tx, &g, false);
 			if (err == 1)
-				err = serve_requests(s, tx, &cur, g);
+				err = serve_requests(s, rtx, &cur, g);
 			if (err < 0)
 				return err;
 			continue;
@@ -565,13 +579,16 @@ static void notify_peer(struct pcopy_source *s, int fd)
 void *src_sender_main(void *arg)
 {
 	struct pcopy_source *s = arg;
-	struct src_tx *tx = s->tx;
+	struct src_tx *tx = s->tx, *rtx = s->rtx;
 	int err;
 
 	while (next_conn(s, tx)) {
 		src_tx_drop(tx);
+		src_tx_drop(rtx);
+		rtx->fd = tx->fd;
+		rtx->gen = tx->gen;
 		tx->last_tx_ns = pcopy_now_ns();
-		err = stream(s, tx);
+		err = stream(s, tx, rtx);
 		if (err == -EPIPE || err == -ECONNRESET)
 			wait_not_live(s, tx->gen);
 		else if (err && err != -ECANCELED)

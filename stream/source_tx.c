@@ -31,7 +31,10 @@ int src_tx_new(struct pcopy_source *s, bool urgent, struct src_tx **out)
 	tx->s = s;
 	tx->fd = -1;
 	tx->urgent = urgent;
-	tx->limit = SRC_TX_BYTES;
+	/* one write per batch: 64 KiB by default, as fast as 256 KiB on
+	 * loopback, and a request waits behind less of it */
+	tx->limit = s->batch < SRC_TX_MIN ? SRC_TX_MIN :
+		    s->batch > SRC_TX_MAX ? SRC_TX_MAX : s->batch;
 	/* a rate cap also caps a burst: one flush never exceeds the bucket */
 	if (s->opts.max_rate_bps && s->burst < (double)tx->limit)
 		tx->limit = s->burst < 2.0 * TP ? 2 * TP : (size_t)s->burst;
@@ -159,6 +162,7 @@ int src_tx_flush(struct src_tx *tx)
 	SRC_STAT_ADD(s, pages_raw, tx->pages[PCOPY_KIND_RAW]);
 	SRC_STAT_ADD(s, pages_zlib, tx->pages[PCOPY_KIND_ZLIB]);
 	tx->last_tx_ns = pcopy_now_ns();
+	tx->flushes++;
 	src_tx_drop(tx);
 	return 0;
 }

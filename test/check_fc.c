@@ -36,6 +36,9 @@
 #ifndef FC_HANDLER_PATH
 #define FC_HANDLER_PATH "tools/postcopy-fc-handler"
 #endif
+#ifndef FC_SERVE_PATH
+#define FC_SERVE_PATH "tools/postcopy-serve"
+#endif
 
 #define PG 4096ul
 #define MIB (1ul << 20)
@@ -86,6 +89,7 @@ struct env {
 	char sock[100];
 	char mem[128];
 	char log[128];
+	char serve_sock[120];	/* a postcopy-serve's socket, for --connect */
 	pid_t handler;
 };
 
@@ -101,6 +105,7 @@ static void env_init(struct env *e, uint64_t mem_bytes)
 	snprintf(e->mem, sizeof(e->mem), "%s/memory", e->dir);
 	snprintf(e->log, sizeof(e->log), "%s/handler.log", e->dir);
 	e->handler = -1;
+	e->serve_sock[0] = '\0';
 	fd = open(e->mem, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	ck_assert_int_ge(fd, 0);
 	/* Zero pages stay holes: the source finds them without reading. */
@@ -190,10 +195,19 @@ static void handler_spawn(struct env *e, const char *const *extra)
 	argv[n++] = path;
 	argv[n++] = "--listen";
 	argv[n++] = e->sock;
-	argv[n++] = "--mem-file";
-	argv[n++] = e->mem;
-	for (; extra && *extra && n < 22; extra++)
+	if (e->serve_sock[0]) {
+		argv[n++] = "--connect";
+		argv[n++] = e->serve_sock;
+	} else {
+		argv[n++] = "--mem-file";
+		argv[n++] = e->mem;
+	}
+	for (; extra && *extra && n < 20; extra++)
 		argv[n++] = *extra;
+	if (getenv("FC_HANDLER_DEBUG")) {	/* library debug messages in the log */
+		argv[n++] = "-v";
+		argv[n++] = "-v";
+	}
 	argv[n] = NULL;
 	pid = fork();
 	ck_assert_int_ge(pid, 0);
@@ -306,26 +320,43 @@ static int open_uffd(void)
  * in reverse order of their file offsets when `reverse` (so the table is not
  * sorted by address), and register them on a new userfaultfd.
  */
+static int vmm_setup_mem(struct vmm *v, unsigned n, const uint64_t *sizes,
+			 const uint64_t *offsets, bool reverse, bool huge);
+
 static void vmm_setup(struct vmm *v, unsigned n, const uint64_t *sizes,
 		      const uint64_t *offsets, bool reverse)
 {
+	ck_assert_int_eq(vmm_setup_mem(v, n, sizes, offsets, reverse, false), 0);
+}
+
+/* As vmm_setup; `huge`: 2 MiB hugetlb pages (-ENOMEM if the pool is short). */
+static int vmm_setup_mem(struct vmm *v, unsigned n, const uint64_t *sizes,
+			 const uint64_t *offsets, bool reverse, bool huge)
+{
 	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_EVENT_REMOVE };
 	const uint64_t gap = 2 * MIB;
-	uint64_t at = gap;
+	uint64_t at;
 
 	memset(v, 0, sizeof(*v));
 	v->n = n;
-	v->resv_len = gap;
+	v->resv_len = 2 * gap;
 	for (unsigned i = 0; i < n; i++)
 		v->resv_len += sizes[i] + gap;
 	v->resv = mmap(NULL, v->resv_len, PROT_NONE,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	ck_assert_ptr_ne(v->resv, MAP_FAILED);
+	/* 2 MiB aligned, as hugetlb mappings must be. */
+	at = (gap - (uintptr_t)v->resv % gap) % gap + gap;
 	for (unsigned k = 0; k < n; k++) {
 		unsigned i = reverse ? n - 1 - k : k;
 		void *p = mmap(v->resv + at, sizes[i], PROT_READ | PROT_WRITE,
-			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED |
+			       (huge ? MAP_HUGETLB : MAP_NORESERVE), -1, 0);
 
+		if (p == MAP_FAILED && huge) {
+			munmap(v->resv, v->resv_len);
+			return -errno;
+		}
 		ck_assert_ptr_eq(p, v->resv + at);
 		v->r[i] = (struct vregion){ p, sizes[i], offsets[i] };
 		at += sizes[i] + gap;
@@ -339,12 +370,13 @@ static void vmm_setup(struct vmm *v, unsigned n, const uint64_t *sizes,
 			.mode = UFFDIO_REGISTER_MODE_MISSING,
 		};
 		uint64_t need = (1ull << _UFFDIO_COPY) | (1ull << _UFFDIO_WAKE) |
-				(1ull << _UFFDIO_ZEROPAGE);
+				(huge ? 0 : 1ull << _UFFDIO_ZEROPAGE);
 
 		ck_assert_msg(ioctl(v->uffd, UFFDIO_REGISTER, &reg) == 0,
 			      "UFFDIO_REGISTER: %s", strerror(errno));
 		ck_assert((reg.ioctls & need) == need);
 	}
+	return 0;
 }
 
 static void vmm_fini(struct vmm *v)
@@ -356,6 +388,20 @@ static void vmm_fini(struct vmm *v)
 }
 
 enum psz { PSZ_BOTH = 0, PSZ_KIB_AS_BYTES, PSZ_KIB_AS_KIB, PSZ_BYTES_ONLY, PSZ_COUNT };
+
+/* 2 MiB pages, both fields in bytes, as Firecracker sends them for hugetlbfs. */
+static void vmm_json_huge(const struct vmm *v, char *buf, size_t len)
+{
+	size_t o = 0;
+
+	o += (size_t)snprintf(buf + o, len - o, "[");
+	for (unsigned i = 0; i < v->n; i++)
+		o += (size_t)snprintf(buf + o, len - o,
+				      "%s{\"base_host_virt_addr\": %" PRIuPTR ", \"size\": %" PRIu64
+				      ", \"offset\": %" PRIu64 ", \"page_size\": 2097152, \"page_size_kib\": 2097152}",
+				      i ? ", " : "", (uintptr_t)v->r[i].host, v->r[i].size, v->r[i].offset);
+	snprintf(buf + o, len - o, "]");
+}
 
 static void vmm_json(const struct vmm *v, enum psz mode, char *buf, size_t len)
 {
@@ -536,6 +582,81 @@ START_TEST(test_page_size_fields)
 	vmm_setup(&v, 1, &size, &off, false);
 	sock = vmm_connect(&e);
 	vmm_json(&v, (enum psz)_i, json, sizeof(json));
+	send_handshake(sock, json, strlen(json), v.uffd, -1);
+	touch_all(&v);
+	expect_complete(&e, 1);
+	ck_assert_int_eq(handler_stop(&e, SIGTERM), 0);
+	close(sock);
+	vmm_fini(&v);
+	env_fini(&e);
+}
+END_TEST
+
+/*
+ * Pages from a remote postcopy-serve instead of the file: the handler
+ * connects to it per restore; its region r0 is the VMM's region.
+ */
+START_TEST(test_remote_source)
+{
+	struct env e;
+	struct vmm v;
+	char json[1024], spec[300], *log;
+	uint64_t size = 8 * MIB, off = 4 * MIB;
+	pid_t serve;
+	int sock, st;
+
+	env_init(&e, 16 * MIB);
+	snprintf(e.serve_sock, sizeof(e.serve_sock), "unix:%s/serve.sock", e.dir);
+	snprintf(spec, sizeof(spec), "r0:%s:4M:8M", e.mem);
+	serve = fork();
+	ck_assert_int_ge(serve, 0);
+	if (serve == 0) {
+		const char *path = getenv("FC_SERVE") ? getenv("FC_SERVE") : FC_SERVE_PATH;
+
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		execl(path, path, "-q", "-l", e.serve_sock, "-r", spec, (char *)NULL);
+		fprintf(stderr, "exec %s: %s\n", path, strerror(errno));
+		_exit(127);
+	}
+	handler_spawn(&e, NULL);
+	vmm_setup(&v, 1, &size, &off, false);
+	sock = vmm_connect(&e);
+	vmm_json(&v, PSZ_BOTH, json, sizeof(json));
+	send_handshake(sock, json, strlen(json), v.uffd, -1);
+	touch_all(&v);
+	expect_complete(&e, 1);
+	ck_assert_int_eq(waitpid(serve, &st, 0), serve);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "postcopy-serve status 0x%x", st);
+	ck_assert_int_eq(handler_stop(&e, SIGTERM), 0);
+	log = slurp(e.log);
+	ck_assert_msg(strstr(log, "pages from postcopy-serve at"), "log: %s", log);
+	free(log);
+	close(sock);
+	vmm_fini(&v);
+	unlink(e.serve_sock + 5);
+	env_fini(&e);
+}
+END_TEST
+
+/* Guest memory on 2 MiB hugetlb pages (Firecracker's huge_pages "2M"). */
+START_TEST(test_hugetlb)
+{
+	struct env e;
+	struct vmm v;
+	char json[1024];
+	uint64_t size = 8 * MIB, off = 2 * MIB;
+	int sock, rc;
+
+	env_init(&e, 10 * MIB);
+	rc = vmm_setup_mem(&v, 1, &size, &off, false, true);
+	if (rc < 0) {
+		printf("SKIP test_hugetlb: no 4 free 2 MiB huge pages (%s)\n", strerror(-rc));
+		env_fini(&e);
+		return;
+	}
+	handler_spawn(&e, NULL);
+	sock = vmm_connect(&e);
+	vmm_json_huge(&v, json, sizeof(json));
 	send_handshake(sock, json, strlen(json), v.uffd, -1);
 	touch_all(&v);
 	expect_complete(&e, 1);
@@ -851,7 +972,7 @@ static const struct parse_case parse_cases[] = {
 	{ "[1]", -EINVAL, 0, "region 0: expected a JSON object, got int" },
 	{ "[{\"base_host_virt_addr\":4096,\"size\":4096,\"offset\":0,\"page_size\":4096}] x", -EINVAL, 0, "JSON syntax error at byte 71" },
 	{ "[{base_host_virt_addr:4096}]", -EINVAL, 0, "JSON syntax error" },
-	{ "[{\"base_host_virt_addr\":4096,", -EINVAL, 0, "unexpected end of text" },
+	{ "[{\"base_host_virt_addr\":4096,", -EINVAL, 0, "JSON syntax error" },
 	{ "null", -EINVAL, 0, "expected a JSON array of regions, got null" },
 };
 
@@ -921,6 +1042,8 @@ static Suite *make_fc_suite(void)
 	tcase_set_timeout(td, 30);
 	tcase_add_test(td, test_single_region);
 	tcase_add_test(td, test_two_regions);
+	tcase_add_test(td, test_remote_source);
+	tcase_add_test(td, test_hugetlb);
 	tcase_add_loop_test(td, test_page_size_fields, 0, PSZ_COUNT);
 	tcase_add_test(td, test_balloon_remove);
 	tcase_add_loop_test(td, test_second_handshake, 0, 2);

@@ -545,6 +545,7 @@ enum hd {
 	HD_REGION, HD_OFFSET_END, HD_MISALIGNED, HD_COUNT_ZERO, HD_WRAP,
 	HD_TOO_MANY_ENTRIES, HD_LENGTH_MISMATCH, HD_BITMAP_ON_MAIN, HD_HELLO_AGAIN,
 	HD_DONE_EARLY, HD_PAGE_FROM_DEST, HD_FLOOD, HD_RESUME_WRONG_SESSION,
+	HD_RESUME_BAD_BITMAP, HD_BAD_REQ_EVERY_RESUME, HD_RESUME_WRONG_KEY,
 	HD_COUNT
 };
 
@@ -562,11 +563,15 @@ static const struct { const char *name; int err; const char *msg; } hd_cases[HD_
 	[HD_PAGE_FROM_DEST] = { "page-from-destination", -EPROTO, "type 2" },
 	[HD_FLOOD] = { "request-flood", 0, NULL },
 	[HD_RESUME_WRONG_SESSION] = { "resume-wrong-session", 0, NULL },
+	[HD_RESUME_BAD_BITMAP] = { "resume-bad-bitmap", 0, NULL },
+	[HD_BAD_REQ_EVERY_RESUME] = { "bad-req-after-every-resume", 0, NULL },
+	[HD_RESUME_WRONG_KEY] = { "resume-wrong-key", 0, NULL },
 };
 
 struct hdst {
 	int fd;
 	enum hd kind;
+	const char *psk;	/* key the source holds, or NULL */
 	uint64_t session;
 	bool got_error;
 	char error_text[PCOPY_ERROR_TEXT_MAX + 1];
@@ -652,19 +657,89 @@ static void *add_conn_main(void *arg)
 	return NULL;
 }
 
-static void dest_hello(struct wire_hello *h, uint32_t kind, uint64_t session)
+/* Our HELLO; the malformed-input cases do not offer RESUME, so the source
+ * ends the session at the first protocol error instead of pausing. */
+static void dest_hello(struct wire_hello *h, uint32_t kind, uint64_t session,
+		       bool resume)
 {
 	memset(h, 0, sizeof(*h));
 	h->version = PCOPY_WIRE_VERSION;
 	h->role = PCOPY_ROLE_DEST;
 	h->conn_kind = kind;
-	h->features = PCOPY_FEAT_RESUME;
+	h->features = resume ? PCOPY_FEAT_RESUME : 0;
 	h->session_id = session;
 	h->target_page = TP;
 	h->nregions = 1;
 	snprintf(h->regions[0].name, sizeof(h->regions[0].name), "ram");
 	h->regions[0].length = SRC_LEN;
 	h->regions[0].host_page = TP;
+}
+
+
+/* The handshake, with the AUTH exchange when key != NULL. */
+static int hs(int fd, const struct wire_hello *ours, struct wire_hello *peer,
+	      const char *key, char *err, size_t errlen)
+{
+	struct conn_hs_params p = { .psk = key, .psk_len = key ? strlen(key) : 0,
+				    .timeout_ms = 5000 };
+	uint32_t feat;
+
+	return conn_handshake2(fd, ours, peer, &feat, &p, err, errlen);
+}
+
+/* Wait up to ms for the source to pause. */
+static bool wait_paused(struct pcopy_source *s, int ms)
+{
+	for (int i = 0; i < ms / 10; i++) {
+		if (pcopy_source_paused(s) == 1)
+			return true;
+		usleep(10000);
+	}
+	return false;
+}
+
+/*
+ * Open a RESUME connection through pcopy_source_add_conn and send the
+ * received bitmap (all zero; `extra` host pages more than the region has,
+ * when hostile). Returns the new fd (the caller closes it) with *add_rc the
+ * result of add_conn, or -1 if the handshake itself failed.
+ */
+static int resume_conn(struct hdst *h, struct pcopy_source *s, unsigned extra,
+		       const char *key, int *add_rc)
+{
+	static const uint64_t zeros[(SRC_LEN / TP + 64 + 63) / 64];
+	const uint64_t *bits = zeros;
+	struct add_conn ac = { s, -1, 1 };
+	struct wire_hello ours, peer;
+	struct wire_hdr w;
+	uint8_t *payload = malloc(PCOPY_WIRE_PAYLOAD_MAX);
+	char err[PCOPY_ERRMSG_MAX];
+	pthread_t thr;
+	int sv[2], rc, len;
+
+	ck_assert_ptr_nonnull(payload);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	ac.fd = sv[0];
+	ck_assert_int_eq(pthread_create(&thr, NULL, add_conn_main, &ac), 0);
+	dest_hello(&ours, PCOPY_CONN_RESUME, h->session, true);
+	rc = hs(sv[1], &ours, &peer, key, err, sizeof(err));
+	if (rc == 0) {
+		memset(&w, 0, sizeof(w));
+		len = wire_bitmap_encode(0, bits, SRC_LEN / TP + extra, 0, &w,
+					 payload, PCOPY_WIRE_PAYLOAD_MAX);
+		ck_assert_int_gt(len, 0);
+		w.magic = PCOPY_WIRE_MAGIC;
+		w.type = PCOPY_MSG_RECV_BITMAP;
+		conn_send_msg(sv[1], &w, payload, (size_t)len);
+	}
+	pthread_join(thr, NULL);
+	free(payload);
+	*add_rc = ac.rc;
+	if (rc) {
+		close(sv[1]);
+		return -1;
+	}
+	return sv[1];
 }
 
 START_TEST(test_hostile_dest)
@@ -691,17 +766,22 @@ START_TEST(test_hostile_dest)
 	reg.mem = mem;
 	pcopy_source_opts_init(&so);
 	so.resume_deadline_ms = 2000;
+	if (kind == HD_RESUME_WRONG_KEY) {
+		so.psk = "the right key";
+		so.psk_len = strlen(so.psk);
+	}
 	ck_assert_int_eq(pcopy_source_create(&ss.s, &reg, 1, &so), 0);
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	ss.fd = sv[0];
 	memset(&h, 0, sizeof(h));
 	h.fd = sv[1];
 	h.kind = kind;
+	h.psk = kind == HD_RESUME_WRONG_KEY ? "the right key" : NULL;
 	h.buf = malloc(PCOPY_WIRE_PAYLOAD_MAX);
 	ck_assert_ptr_nonnull(h.buf);
 	ck_assert_int_eq(pthread_create(&thr, NULL, start_main, &ss), 0);
-	dest_hello(&ours, PCOPY_CONN_MAIN, 0);
-	rc = conn_handshake(h.fd, &ours, &peer, &feat, 5000, err, sizeof(err));
+	dest_hello(&ours, PCOPY_CONN_MAIN, 0, kind >= HD_FLOOD);
+	rc = hs(h.fd, &ours, &peer, h.psk, err, sizeof(err));
 	pthread_join(thr, NULL);
 	ck_assert_msg(rc == 0, "handshake: %s", err);
 	ck_assert_int_eq(ss.rc, 0);
@@ -825,7 +905,7 @@ START_TEST(test_hostile_dest)
 		ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv2), 0);
 		ac.fd = sv2[0];
 		ck_assert_int_eq(pthread_create(&thr, NULL, add_conn_main, &ac), 0);
-		dest_hello(&bad, PCOPY_CONN_RESUME, h.session ^ 0x5a5a);
+		dest_hello(&bad, PCOPY_CONN_RESUME, h.session ^ 0x5a5a, true);
 		rc = conn_handshake(sv2[1], &bad, &bpeer, &feat, 5000, err, sizeof(err));
 		pthread_join(thr, NULL);
 		fprintf(stderr, "hostile dest resume-wrong-session: add_conn %d (%s), "
@@ -843,6 +923,102 @@ START_TEST(test_hostile_dest)
 			ck_assert_int_eq(conn_send_msg(h.fd, &dn, NULL, 0), 0);
 		}
 		ck_assert_int_eq(pcopy_source_wait(ss.s, 10000), 0);
+		break;
+	}
+	case HD_RESUME_BAD_BITMAP: {
+		/* break, then a resume whose bitmap covers more host pages
+		 * than the region has: refused, the session stays paused and
+		 * an honest resume still completes it */
+		int add_rc, fd;
+
+		shutdown(h.fd, SHUT_RDWR);
+		ck_assert_msg(wait_paused(ss.s, 5000), "no pause after EOF");
+		fd = resume_conn(&h, ss.s, 8, h.psk, &add_rc);
+		fprintf(stderr, "hostile dest resume-bad-bitmap: add_conn %d (%s): %s\n",
+			add_rc, pcopy_strerror(add_rc), pcopy_source_error(ss.s));
+		if (fd >= 0)
+			close(fd);
+		ck_assert_msg(add_rc < 0, "a bitmap past the region was accepted");
+		ck_assert_msg(wait_paused(ss.s, 2000), "the session did not stay paused "
+			      "after a refused resume: %s", pcopy_source_error(ss.s));
+		fd = resume_conn(&h, ss.s, 0, h.psk, &add_rc);
+		ck_assert_msg(fd >= 0 && add_rc == 0, "honest resume refused: %d %s",
+			      add_rc, pcopy_source_error(ss.s));
+		close(h.fd);
+		h.fd = fd;
+		ck_assert_uint_eq(dst_read(&h, 20000, true), SRC_LEN / TP);
+		{
+			struct wire_hdr dn = { .magic = PCOPY_WIRE_MAGIC,
+					       .type = PCOPY_MSG_DONE };
+
+			ck_assert_int_eq(conn_send_msg(h.fd, &dn, NULL, 0), 0);
+		}
+		ck_assert_int_eq(pcopy_source_wait(ss.s, 10000), 0);
+		break;
+	}
+	case HD_RESUME_WRONG_KEY: {
+		/* after a break, a resume with the wrong key (and one with no
+		 * key) is refused before any page; the right key resumes */
+		int add_rc, fd;
+
+		shutdown(h.fd, SHUT_RDWR);
+		ck_assert_msg(wait_paused(ss.s, 5000), "no pause after EOF");
+		fd = resume_conn(&h, ss.s, 0, "the wrong key", &add_rc);
+		fprintf(stderr, "hostile dest resume-wrong-key: add_conn %d (%s), fd %d\n",
+			add_rc, pcopy_strerror(add_rc), fd);
+		ck_assert_msg(add_rc < 0 && fd < 0, "a wrong key resumed the session");
+		fd = resume_conn(&h, ss.s, 0, NULL, &add_rc);
+		ck_assert_msg(add_rc < 0 && fd < 0, "no key resumed the session");
+		ck_assert(wait_paused(ss.s, 2000));
+		fd = resume_conn(&h, ss.s, 0, h.psk, &add_rc);
+		ck_assert_msg(fd >= 0 && add_rc == 0, "the right key was refused: %d %s",
+			      add_rc, pcopy_source_error(ss.s));
+		close(h.fd);
+		h.fd = fd;
+		ck_assert_uint_eq(dst_read(&h, 20000, true), SRC_LEN / TP);
+		{
+			struct wire_hdr dn = { .magic = PCOPY_WIRE_MAGIC,
+					       .type = PCOPY_MSG_DONE };
+
+			ck_assert_int_eq(conn_send_msg(h.fd, &dn, NULL, 0), 0);
+		}
+		ck_assert_int_eq(pcopy_source_wait(ss.s, 10000), 0);
+		break;
+	}
+	case HD_BAD_REQ_EVERY_RESUME: {
+		/* a destination that resumes only to send a bad REQ again must
+		 * not hold the source forever: it gives up after a bound */
+		unsigned tries = 0;
+		int add_rc, fd = -1;
+
+		rq[0] = (struct wire_req){ 7, 1, 0 };
+		req_send(&h, rq, 1, 1, 16);
+		for (tries = 0; tries < 64; tries++) {
+			if (!wait_paused(ss.s, 3000))
+				break;
+			if (fd >= 0)
+				close(fd);
+			fd = resume_conn(&h, ss.s, 0, h.psk, &add_rc);
+			if (fd < 0 || add_rc < 0)
+				break;
+			{
+				int main_fd = h.fd;
+
+				h.fd = fd;	/* the bad REQ goes on the resumed one */
+				req_send(&h, rq, 1, 1, 16);
+				h.fd = main_fd;
+			}
+		}
+		if (fd >= 0)
+			close(fd);
+		rc = pcopy_source_wait(ss.s, 10000);
+		fprintf(stderr, "hostile dest bad-req-after-every-resume: %u resumes, "
+			"then %d (%s): %s\n", tries, rc, pcopy_strerror(rc),
+			pcopy_source_error(ss.s));
+		ck_assert_msg(tries < 64, "the source accepted 64 resumes that each "
+			      "sent a bad request");
+		ck_assert_int_eq(rc, -EPROTO);
+		ck_assert_ptr_nonnull(strcasestr(pcopy_source_error(ss.s), "region"));
 		break;
 	}
 	default:

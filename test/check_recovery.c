@@ -64,6 +64,7 @@ struct scen {
 	bool manual;		/* resume with pcopy_dest_resume, not the callback */
 	bool urgent;		/* add an urgent connection after start */
 	bool zlib;
+	const char *psk;	/* both sides authenticate every connection */
 	unsigned touchers;
 	unsigned nsrc;		/* 2: a standby source for a restart */
 	int dest_keepalive_ms, src_keepalive_ms;
@@ -164,6 +165,10 @@ static bool run_scen(struct scen *sc, const struct tl_source_cfg *img)
 	o.fail_mode = PCOPY_FAIL_SIGBUS;
 	o.resume_deadline_ms = sc->dest_deadline_ms ? sc->dest_deadline_ms : 20000;
 	o.keepalive_ms = sc->dest_keepalive_ms;
+	if (sc->psk) {
+		o.psk = sc->psk;
+		o.psk_len = strlen(sc->psk);
+	}
 	if (!sc->manual) {
 		o.connect = rl_connect;
 		o.connect_opaque = &r;
@@ -176,6 +181,7 @@ static bool run_scen(struct scen *sc, const struct tl_source_cfg *img)
 			.resume_deadline_ms = sc->src_deadline_ms ? sc->src_deadline_ms : 20000,
 			.keepalive_ms = sc->src_keepalive_ms,
 			.zlib = sc->zlib,
+			.psk = sc->psk,
 			.tag = i,
 		};
 
@@ -207,10 +213,18 @@ static bool run_scen(struct scen *sc, const struct tl_source_cfg *img)
 	ck_assert_msg(rc == 0, "%s: dest_start: %s: %s", sc->name,
 		      pcopy_strerror(rc), pcopy_dest_error(r.d));
 	if (sc->urgent) {
-		rc = rl_connect(&r, 1);
-		ck_assert_msg(rc >= 0, "connect urgent: %s", strerror(-rc));
-		rc = pcopy_dest_add_urgent(r.d, rc);
-		ck_assert_msg(rc == 0, "%s: add_urgent: %s: %s", sc->name,
+		/* the first connection may already be cut (-ENOTCONN: paused):
+		 * try again once the reconnect thread has resumed */
+		for (unsigned tries = 0; tries < 250; tries++) {
+			rc = rl_connect(&r, 1);
+			ck_assert_msg(rc >= 0, "connect urgent: %s", strerror(-rc));
+			rc = pcopy_dest_add_urgent(r.d, rc);
+			if (rc != -ENOTCONN)
+				break;
+			usleep(20000);
+		}
+		ck_assert_msg(rc == 0 || (rc == -EALREADY && pcopy_dest_wait(r.d, 0) == 0),
+			      "%s: add_urgent: %s: %s", sc->name,
 			      pcopy_strerror(rc), pcopy_dest_error(r.d));
 	}
 
@@ -321,12 +335,14 @@ static const char *mem_tag(enum tl_mem m)
 /*
  * _i: 0 anon + connect callback, 1 memfd + manual resume, 2 hugetlb +
  * callback (cuts inside 2 MiB host pages), 3 anon + callback + zlib +
- * urgent connection.
+ * urgent connection + PSK authentication on every connection, 4 three
+ * memfd regions (the received bitmap spans regions) + manual resume.
  */
 START_TEST(test_random_cuts)
 {
 	static const enum tl_mem mems[] = { TL_MEM_ANON, TL_MEM_MEMFD,
-					    TL_MEM_HUGETLB, TL_MEM_ANON };
+					    TL_MEM_HUGETLB, TL_MEM_ANON,
+					    TL_MEM_MEMFD };
 	struct tl_source_cfg img;
 	struct scen sc;
 	char name[64], spec[96];
@@ -336,12 +352,24 @@ START_TEST(test_random_cuts)
 	memset(&sc, 0, sizeof(sc));
 	sc.mem = mems[_i];
 	snprintf(name, sizeof(name), "random-cuts/%s/%s%s", mem_tag(sc.mem),
-		 _i == 1 ? "manual" : "callback", _i == 3 ? "+zlib+urgent" : "");
+		 _i == 1 || _i == 4 ? "manual" : "callback",
+		 _i == 3 ? "+zlib+urgent+psk" : _i == 4 ? "+3-regions" : "");
 	sc.name = name;
-	sc.manual = _i == 1;
+	sc.manual = _i == 1 || _i == 4;
 	sc.zlib = sc.urgent = _i == 3;
+	sc.psk = _i == 3 ? "correct horse battery staple" : NULL;
 	sc.touchers = TOUCHERS;
 	one_region(&img, sc.mem, rl_test_bytes(DEF_MB));
+	if (_i == 4) {
+		img.lengths[0] = rl_test_bytes(DEF_MB) / 2;
+		img.nregions = 3;
+		img.names[1] = "ram-hi";
+		img.lengths[1] = rl_test_bytes(DEF_MB) / 4;
+		img.page_sizes[1] = TL_PAGE;
+		img.names[2] = "vga";
+		img.lengths[2] = 1u << 20;
+		img.page_sizes[2] = TL_PAGE;
+	}
 	sc.seed = rl_seed(name);
 	rng = sc.seed;
 	hello = rl_hello_bytes(&img);
@@ -518,7 +546,8 @@ START_TEST(test_corrupt)
 		if (sc.rc == 0) {
 			/* resumed: the bad frame was dropped, not placed */
 			ck_assert_msg(sc.st.breaks >= 1, "%s #%u: completed without a "
-				      "break: the corrupt frame went unnoticed", name, rep);
+				      "break (stats.breaks 0): was the corrupt frame "
+				      "noticed?", name, rep);
 			continue;
 		}
 		ck_assert_msg(sc.rc == -EBADMSG || sc.rc == -EPROTO,
@@ -790,7 +819,7 @@ static Suite *make_recovery_suite(void)
 	tc = tcase_create("random-cuts");
 	tcase_set_timeout(tc, 120);
 	tcase_add_unchecked_fixture(tc, hugetlb_setup, hugetlb_teardown);
-	tcase_add_loop_test(tc, test_random_cuts, 0, 4);
+	tcase_add_loop_test(tc, test_random_cuts, 0, 5);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("cuts-in-resume");

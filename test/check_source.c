@@ -790,8 +790,16 @@ START_TEST(test_request_first)
 	 * request waits behind a socket buffer of them (~50) at most */
 	ck_assert_msg(pos < 200, "requested page came at position %llu",
 		      (unsigned long long)pos);
-	/* and the scan goes on right after it */
-	ck_assert_uint_eq(ss.d.order[pos + 1], want + 1);
+	/* and the scan goes on right after it, behind at most one batch
+	 * (64 KiB: 16 pages) gathered before the request came */
+	{
+		uint64_t next;
+
+		ck_assert(pos_of(&ss.d, want + 1, &next));
+		ck_assert_msg(next > pos && next <= pos + 1 + 16,
+			      "request at %llu, the page after it at %llu",
+			      (unsigned long long)pos, (unsigned long long)next);
+	}
 	ck_assert_uint_eq(ss.st.requests, 1);
 	ck_assert_uint_eq(ss.st.request_msgs, 1);
 	ck_assert_uint_eq(ss.st.duplicates, 0);
@@ -1712,6 +1720,53 @@ START_TEST(test_psk)
 }
 END_TEST
 
+/* An urgent connection needs the key too: wrong (loop 0) or right (1). */
+START_TEST(test_psk_urgent)
+{
+	static const char key[] = "k3y";
+	struct pcopy_source_opts o;
+	struct image im;
+	struct session ss;
+	struct stage u;
+	uint64_t one = 1;
+
+	image_init(&im);
+	image_add(&im, 16 * MIB, TP);
+	pcopy_source_opts_init(&o);
+	o.psk = key;
+	o.psk_len = 3;
+	session_setup_o(&ss, &im, &o, OFFER_ALL);
+	ss.d.psk = key;
+	ss.d.psk_len = 3;
+	ss.d.no_read = true;
+	ss.d.quit_fd = eventfd(0, EFD_CLOEXEC);
+	session_start(&ss);
+	ck_assert_int_eq(ss.start_err, 0);
+	stage_open(&u, &im, PCOPY_CONN_URGENT, ss.s->hello.session_id);
+	u.d.psk = _i ? key : "k3Y";
+	u.d.psk_len = 3;
+	u.d.start_req[0] = (struct wire_req){ .region = 0, .count = 1,
+					      .offset = 3000 * TP };
+	u.d.n_start_req = 1;
+	u.d.close_after = 1;
+	if (_i) {
+		ck_assert_int_eq(stage_run(&u, ss.s), 0);
+		ck_assert_uint_eq(u.d.norder, 1);
+		ck_assert_uint_eq(u.d.order[0], 3000);
+	} else {
+		ck_assert_int_eq(stage_run(&u, ss.s), -EACCES);
+		ck_assert_uint_eq(u.d.nframes, 0);
+	}
+	ck_assert_int_eq(pcopy_source_paused(ss.s), 0);
+	ck_assert_int_eq(write(ss.d.quit_fd, &one, 8), 8);
+	pthread_join(ss.t, NULL);
+	close(ss.d.quit_fd);
+	fdest_free(&u.d);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
 START_TEST(test_no_background)
 {
 	struct image im;
@@ -1760,7 +1815,7 @@ START_TEST(test_max_rate)
 	session_finish(&ss, 20000);
 	assert_clean_run(&ss);
 	secs = (double)ss.st.elapsed_ns * 1e-9;
-	want = (double)(ss.st.bytes_wire - rate / 50 - SRC_TX_BYTES) / (double)rate;
+	want = (double)(ss.st.bytes_wire - rate / 50 - SRC_TX_MAX) / (double)rate;
 	ck_assert_msg(secs >= want / 2, "%llu bytes in %.3f s at a cap of %llu B/s",
 		      (unsigned long long)ss.st.bytes_wire, secs,
 		      (unsigned long long)rate);
@@ -1816,6 +1871,38 @@ START_TEST(test_urgent)
 	usleep(50000);
 	ck_assert_int_eq(pcopy_source_paused(ss.s), 0);
 	ck_assert_int_eq(pcopy_source_wait(ss.s, 0), -ETIMEDOUT);
+	ck_assert_int_eq(write(ss.d.quit_fd, &one, 8), 8);
+	pthread_join(ss.t, NULL);
+	close(ss.d.quit_fd);
+	fdest_free(&u.d);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+/* A bad REQ on the urgent connection breaks the session (it resumes), and
+ * no ERROR goes out: to the destination that would mean "over". */
+START_TEST(test_urgent_bad_req)
+{
+	struct image im;
+	struct session ss;
+	struct stage u;
+	uint64_t one = 1;
+
+	image_init(&im);
+	image_add(&im, 4 * MIB, TP);
+	session_setup(&ss, &im, 0, OFFER_ALL, 0);
+	ss.d.no_read = true;
+	ss.d.quit_fd = eventfd(0, EFD_CLOEXEC);
+	session_start(&ss);
+	ck_assert_int_eq(ss.start_err, 0);
+	stage_open(&u, &im, PCOPY_CONN_URGENT, ss.s->hello.session_id);
+	u.d.bad_req = true;
+	ck_assert_int_eq(stage_run(&u, ss.s), 0);
+	wait_paused(ss.s);
+	ck_assert_msg(!u.d.got_error, "ERROR sent: %s", u.d.peer_msg);
+	ck_assert_int_eq(pcopy_source_stats(ss.s, &ss.st), 0);
+	ck_assert_uint_eq(ss.st.breaks, 1);
 	ck_assert_int_eq(write(ss.d.quit_fd, &one, 8), 8);
 	pthread_join(ss.t, NULL);
 	close(ss.d.quit_fd);
@@ -1926,10 +2013,12 @@ static Suite *make_source_suite(void)
 	tc = tcase_create("features");
 	tcase_set_timeout(tc, TMO);
 	tcase_add_loop_test(tc, test_psk, 0, 3);
+	tcase_add_loop_test(tc, test_psk_urgent, 0, 2);
 	tcase_add_test(tc, test_no_background);
 	tcase_add_test(tc, test_max_rate);
 	tcase_add_test(tc, test_urgent);
 	tcase_add_loop_test(tc, test_urgent_skip, 0, 2);
+	tcase_add_test(tc, test_urgent_bad_req);
 	suite_add_tcase(su, tc);
 	return su;
 }

@@ -165,6 +165,10 @@ static int serve(const struct tl_source_cfg *img, const struct rl_src_opts *o,
 		so.flags |= PCOPY_SOURCE_ZLIB;
 	if (o->no_resume)
 		so.flags |= PCOPY_SOURCE_NO_RESUME;
+	if (o->psk) {
+		so.psk = o->psk;
+		so.psk_len = strlen(o->psk);
+	}
 	res.fds_before = count_fds();
 	rc = pcopy_source_create(&s, regs, img->nregions, &so);
 	if (rc < 0) {

@@ -139,7 +139,7 @@ static int feed(struct fc_reader *r, const char *p, size_t len, fc_msg_fn cb,
 			len -= used;
 			continue;
 		}
-		if (!o) {
+		if (!o && je != json_tokener_success) {	/* success: null */
 			snprintf(err, errlen, "JSON syntax error at byte %llu of the stream: %s",
 				 r->stream_pos + used, json_tokener_error_desc(je));
 			return -EPROTO;

@@ -191,6 +191,7 @@ int fc_json_parse_text(const char *text, size_t len, struct fc_region *out,
 	struct json_tokener *tok = json_tokener_new();
 	struct json_object *o;
 	enum json_tokener_error je;
+	size_t end;
 	int rc;
 
 	if (!tok) {
@@ -205,21 +206,22 @@ int fc_json_parse_text(const char *text, size_t len, struct fc_region *out,
 	}
 	o = json_tokener_parse_ex(tok, text, (int)len);
 	je = json_tokener_get_error(tok);
+	end = json_tokener_get_parse_end(tok);
 	if (!o && je == json_tokener_continue) {
 		/* A NUL terminator tells the tokenizer the text has ended
 		 * (a top-level number or literal waits for it). */
 		o = json_tokener_parse_ex(tok, "", 1);
 		je = json_tokener_get_error(tok);
+		end = len;
 	}
-	if (!o) {
+	if (!o && je != json_tokener_success) {	/* success: the value null */
 		snprintf(err, errlen, "JSON syntax error at byte %zu: %s",
-			 json_tokener_get_parse_end(tok),
-			 je == json_tokener_continue ? "unexpected end of text"
+			 end, je == json_tokener_continue ? "unexpected end of text"
 						     : json_tokener_error_desc(je));
 		json_tokener_free(tok);
 		return -EINVAL;
 	}
-	for (size_t i = json_tokener_get_parse_end(tok); i < len; i++) {
+	for (size_t i = end; i < len; i++) {
 		if (!strchr(" \t\r\n", text[i])) {
 			snprintf(err, errlen, "unexpected data after the JSON value at byte %zu", i);
 			json_object_put(o);

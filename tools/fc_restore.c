@@ -14,6 +14,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,7 @@ struct fc_restore {
 	bool remote;
 	struct pcopy_dest *d;
 	struct pcopy_source *s;
+	atomic_bool ended;		/* on_event has run */
 };
 
 /* Library log lines, prefixed with the restore. Library threads and ours. */
@@ -60,6 +62,7 @@ static void event_fn(void *opaque, int err)
 	uint64_t one = 1;
 
 	(void)err;
+	atomic_store_explicit(&r->ended, true, memory_order_release);
 	if (write(r->notify_fd, &one, sizeof(one)) < 0) {
 		/* EAGAIN: the counter is saturated, the loop is awake anyway */
 	}
@@ -303,8 +306,13 @@ fail:
 /* Caller's thread. */
 int fc_restore_poll(struct fc_restore *r)
 {
-	int rc = pcopy_dest_wait(r->d, 0);
+	int rc;
 
+	/* on_event runs just before the library releases its waiters: once
+	 * it has, the wait below returns at once. */
+	if (!atomic_load_explicit(&r->ended, memory_order_acquire))
+		return -EINPROGRESS;
+	rc = pcopy_dest_wait(r->d, 5000);
 	return rc == -ETIMEDOUT ? -EINPROGRESS : rc;
 }
 
