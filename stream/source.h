@@ -269,6 +269,10 @@ int src_thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
 /* ---- connections (source_conn.c) ---- */
 
 void *src_reader_main(void *arg);
+void src_conn_reap(struct pcopy_source *s, struct src_conn *c);
+/* Resume on fd (handshake done, kind RESUME): source_resume.c. Caller's
+ * thread, with conn_lock. */
+int src_resume(struct pcopy_source *s, int fd, char *msg, size_t len);
 int src_handle_msg(struct pcopy_source *s, uint64_t gen, int fd,
 		   const struct wire_hdr *h, const uint8_t *buf,
 		   struct wire_req *reqs);

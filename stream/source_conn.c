@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The source's connections: the main connection's request reader (with
- * keepalive), pcopy_source_add_conn (urgent connection, resume after a
- * break: the received bitmap, then re-sent requests), and the urgent
- * thread, which answers each request on its own socket right away.
+ * keepalive), pcopy_source_add_conn (urgent connection, or a resume: see
+ * source_resume.c), and the urgent thread, which answers each request on
+ * its own socket right away.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -407,7 +407,7 @@ static void *urgent_main(void *arg)
 
 /* Join a connection's exited (or exiting: its fd is shut down) thread and
  * close its fd. Caller's thread, with conn_lock, without s->lock. */
-static void conn_reap(struct pcopy_source *s, struct src_conn *c)
+void src_conn_reap(struct pcopy_source *s, struct src_conn *c)
 {
 	int fd;
 
@@ -441,7 +441,7 @@ static int add_urgent(struct pcopy_source *s, int fd)
 		close(fd);
 		return busy ? -EBUSY : -EAGAIN;
 	}
-	conn_reap(s, &s->urg);	/* a previous, dropped one */
+	src_conn_reap(s, &s->urg);	/* a previous, dropped one */
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	u = calloc(1, sizeof(*u));
 	err = u ? src_tx_new(s, true, &u->tx) : -ENOMEM;
@@ -494,214 +494,6 @@ static int add_urgent(struct pcopy_source *s, int fd)
 	}
 	pcopy_log(&s->lg, PCOPY_LOG_INFO, "source: urgent connection added");
 	return 0;
-}
-
-/* ---- resume ---- */
-
-/*
- * Read the destination's RECV_BITMAP messages on fd into rec (one bitmap
- * per region) until they cover every region. Returns 0, or -errno with a
- * message (the peer has been told of a protocol error).
- */
-static int read_bitmap(struct pcopy_source *s, int fd, uint8_t *buf,
-		       uint64_t **rec, uint64_t deadline, char *msg,
-		       size_t len)
-{
-	uint32_t next_region = 0;
-	uint64_t next_page = 0;
-	struct wire_hdr h;
-	int err;
-
-	for (;;) {
-		msg[0] = '\0';
-		err = conn_recv_msg(fd, &h, buf, PCOPY_WIRE_PAYLOAD_MAX,
-				    deadline, s->stop_fd, msg, len);
-		if (err)
-			break;
-		if (h.type == PCOPY_MSG_PING)
-			continue;
-		if (h.type != PCOPY_MSG_RECV_BITMAP) {
-			snprintf(msg, len,
-				 "resume: expected RECV_BITMAP, got message type %u",
-				 h.type);
-			err = -EPROTO;
-			break;
-		}
-		err = wire_bitmap_apply(&h, buf, s->hello.regions, s->n,
-					&next_region, &next_page, rec, msg,
-					len);
-		if (err < 0)
-			break;
-		if (err == 1)
-			return 0;
-	}
-	if (err == -EPROTO || err == -EBADMSG)
-		conn_send_error(fd, -err, msg);
-	return err;
-}
-
-/*
- * unsent = NOT received, for every host page; count what goes out again.
- * Every sending thread is parked or gone, so plain stores are safe.
- */
-static void apply_bitmap(struct pcopy_source *s, uint64_t *const *rec)
-{
-	uint64_t left = 0, resent = 0;
-	unsigned i;
-
-	for (i = 0; i < s->n; i++) {
-		struct src_region *r = &s->reg[i];
-		uint64_t nw = (r->npages + 63) / 64, w;
-
-		for (w = 0; w < nw; w++) {
-			uint64_t mask = ~UINT64_C(0), old, nu;
-
-			if (w == nw - 1 && r->npages % 64)
-				mask = (UINT64_C(1) << (r->npages % 64)) - 1;
-			old = atomic_load(&r->unsent[w]);
-			nu = ~rec[i][w] & mask;
-			resent += (uint64_t)__builtin_popcountll(~old & nu);
-			left += (uint64_t)__builtin_popcountll(nu);
-			atomic_store(&r->unsent[w], nu);
-		}
-	}
-	atomic_store(&s->pages_left, left);
-	SRC_STAT_ADD(s, resent_pages, resent);
-}
-
-/*
- * Read what the destination sent right behind its bitmap (its re-sent
- * requests), so they are queued before the sender wakes: requests first.
- * Waits up to 2 ms for each message; the rest is the reader's.
- */
-static void drain_requests(struct pcopy_source *s, uint64_t gen, int fd,
-			   uint8_t *buf, struct wire_req *reqs,
-			   uint64_t deadline)
-{
-	char msg[PCOPY_ERRMSG_MAX];
-	struct wire_hdr h;
-	unsigned k;
-	int err;
-
-	for (k = 0; k < 256 && src_live(s, gen); k++) {
-		struct pollfd pfd = { .fd = fd, .events = POLLIN };
-
-		if (poll(&pfd, 1, 2) <= 0 || !(pfd.revents & POLLIN))
-			return;
-		msg[0] = '\0';
-		err = conn_recv_msg(fd, &h, buf, PCOPY_WIRE_PAYLOAD_MAX,
-				    deadline, s->stop_fd, msg, sizeof(msg));
-		if (err) {
-			src_break(s, gen, err, err == -EPROTO || err == -EBADMSG,
-				  "resume: reading the re-sent requests: %s",
-				  msg[0] ? msg : strerror(-err));
-			return;
-		}
-		atomic_store(&s->main.last_rx_ns, now_ns());
-		if (src_handle_msg(s, gen, fd, &h, buf, reqs))
-			return;
-	}
-}
-
-/*
- * Make fd (handshake done, kind RESUME) the main connection: pause now if
- * the break has not been seen here yet, wait for every thread of the old
- * connection to park or exit, read the bitmap, set unsent = NOT received,
- * queue the re-sent requests, then let the sender and a new reader go.
- * Takes ownership of fd. Returns 0 or -errno (still paused unless the
- * session ended). Caller's thread, with conn_lock.
- */
-static int resume(struct pcopy_source *s, int fd, char *msg, size_t len)
-{
-	uint64_t deadline = pcopy_now_ns() +
-		(uint64_t)s->opts.handshake_timeout_ms * 1000000ull;
-	uint64_t *rec[PCOPY_REGIONS_MAX] = { 0 };
-	uint8_t *buf = malloc(PCOPY_WIRE_PAYLOAD_MAX);
-	struct wire_req *reqs = malloc(PCOPY_REQ_MAX_ENTRIES * sizeof(*reqs));
-	uint64_t gen;
-	unsigned i;
-	int err = 0;
-
-	for (i = 0; i < s->n && buf && reqs; i++)
-		if (!(rec[i] = calloc((s->reg[i].npages + 63) / 64, 8)))
-			break;
-	if (!buf || !reqs || i < s->n) {
-		snprintf(msg, len, "resume: out of memory");
-		err = -ENOMEM;
-		goto fail;
-	}
-	pthread_mutex_lock(&s->lock);
-	gen = s->gen;
-	pthread_mutex_unlock(&s->lock);
-	/* the destination saw a break we have not seen (yet) */
-	src_break(s, gen, -ECONNRESET, false,
-		  "the destination opened a resume connection");
-
-	pthread_mutex_lock(&s->lock);
-	while (s->state == SRC_PAUSED &&
-	       (!s->sender_parked || s->main.live || s->urg.live))
-		pthread_cond_wait(&s->cond, &s->lock);
-	err = s->state == SRC_PAUSED ? 0 : -ESHUTDOWN;
-	pthread_mutex_unlock(&s->lock);
-	if (err) {
-		snprintf(msg, len, "resume: the session is over");
-		goto fail;
-	}
-	conn_reap(s, &s->main);
-	conn_reap(s, &s->urg);
-
-	err = read_bitmap(s, fd, buf, rec, deadline, msg, len);
-	if (err)
-		goto fail;
-	src_queue_reset(&s->q);
-
-	pthread_mutex_lock(&s->lock);
-	if (s->state != SRC_PAUSED) {
-		pthread_mutex_unlock(&s->lock);
-		snprintf(msg, len, "resume: the session ended meanwhile");
-		err = -ESHUTDOWN;
-		goto fail;
-	}
-	apply_bitmap(s, rec);
-	/* live for the drain, but the sender waits for `resuming` */
-	s->resuming = true;
-	s->state = SRC_RUNNING;
-	gen = ++s->gen;
-	s->main.fd = fd;
-	s->main.gen = gen;
-	atomic_store(&s->main.last_rx_ns, now_ns());
-	atomic_store(&s->live_gen, gen);
-	pthread_mutex_unlock(&s->lock);
-	fd = -1;
-
-	drain_requests(s, gen, s->main.fd, buf, reqs, deadline);
-
-	pthread_mutex_lock(&s->lock);
-	s->resuming = false;
-	if (src_live(s, gen)) {
-		s->main.live = true;
-		err = src_thread_start(&s->main.thread, src_reader_main, s);
-		s->main.started = !err;
-		s->main.live = !err;
-	}
-	pthread_cond_broadcast(&s->cond);
-	pthread_mutex_unlock(&s->lock);
-	if (err)
-		src_end(s, err, false, "cannot start the request reader: %s",
-			strerror(-err));
-	else
-		pcopy_log(&s->lg, PCOPY_LOG_INFO,
-			  "source: resumed (break %llu), %llu host pages to send again",
-			  (unsigned long long)atomic_load(&s->st.breaks),
-			  (unsigned long long)atomic_load(&s->pages_left));
-fail:
-	if (fd >= 0)
-		close(fd);
-	for (i = 0; i < s->n; i++)
-		free(rec[i]);
-	free(buf);
-	free(reqs);
-	return err;
 }
 
 /*
@@ -777,7 +569,7 @@ int pcopy_source_add_conn(struct pcopy_source *s, int fd)
 			err = -EOPNOTSUPP;
 			break;
 		}
-		err = resume(s, fd, msg, sizeof(msg));
+		err = src_resume(s, fd, msg, sizeof(msg));
 		fd = -1;
 		break;
 	default:

@@ -214,6 +214,24 @@ enum script {
 	SC_BAD_RAWLEN, SC_OUT_OF_ORDER, SC_OTHER_HP_MIDPAGE, SC_END_MISSING,
 	SC_UNKNOWN_TYPE, SC_UNEXPECTED_REQ, SC_SRC_ERROR, SC_EOF, SC_BAD_ZLIB,
 	SC_ZLIB_NOT_NEGOTIATED, SC_BAD_MAGIC, SC_UNEXPECTED_HELLO, SC_UNEXPECTED_DONE,
+	SC_RESUME,	/* serve with the cuts in `cuts`, accept resumes */
+	SC_HOLD,	/* `before` host pages, then only read until `release`,
+			   then everything not sent on this connection */
+};
+
+/* How the fake source breaks a connection (SC_RESUME). */
+enum cut_kind {
+	CUT_EOF,	/* after whole host pages: shutdown(SHUT_WR) */
+	CUT_MIDFRAME,	/* a header and part of its payload, then EOF */
+	CUT_MIDHP,	/* the first target pages of a host page, then EOF */
+	CUT_CORRUPT,	/* a frame with a bad crc; the destination hangs up */
+	CUT_SILENT,	/* stop sending, keep reading: keepalive must notice */
+};
+
+struct cut {
+	enum cut_kind kind;
+	unsigned after;		/* host pages sent on this connection first */
+	bool refuse_next;	/* close the next connection unanswered */
 };
 
 struct fake {
@@ -227,15 +245,27 @@ struct fake {
 	enum script bad;	/* for SC_WAIT_REQ_BAD */
 	bool wait_first_req;	/* no background until a REQ came */
 	bool reverse;		/* background from the end */
+	const void *psk;	/* handshake key, or NULL */
+	size_t psk_len;
+	struct cut cuts[6];	/* SC_RESUME */
+	unsigned ncuts;
+	atomic_bool release;	/* SC_HOLD: go on */
+	/* the next connection (resume / urgent), handed in by the test */
+	pthread_mutex_t hand_lock;
+	pthread_cond_t hand_cond;
+	int next_fd;
 	/* results */
 	int hs_rc;
 	char hs_err[PCOPY_ERRMSG_MAX];
 	uint64_t req_entries, req_msgs;
+	uint64_t pings, resumes, refused, bitmap_checks, post_resume_reqs;
 	bool got_done, got_error;
 	int fail_line;		/* != 0: the fake itself hit a problem here */
 	/* state */
 	uint32_t features;
+	uint64_t session;
 	uint8_t *sent[NREG];
+	uint8_t *reqd[NREG];	/* every host page ever requested */
 	uint8_t *page;		/* one host page */
 	uint8_t *zbuf;
 	struct codec_zlib *z;
@@ -337,6 +367,7 @@ static int fake_poll_msg(struct fake *f, int timeout_ms)
 		f->req_msgs++;
 		for (i = 0; i < h.count; i++) {
 			f->req_entries++;
+			f->reqd[req[i].region][req[i].offset / f->ps[req[i].region]] = 1;
 			if (req[i].count * TP != f->ps[req[i].region] ||
 			    req[i].offset % f->ps[req[i].region])
 				FAKE_FAIL(f);	/* one whole host page per entry */
@@ -348,6 +379,9 @@ static int fake_poll_msg(struct fake *f, int timeout_ms)
 		return 1;
 	case PCOPY_MSG_DONE:
 		f->got_done = true;
+		return 1;
+	case PCOPY_MSG_PING:
+		f->pings++;
 		return 1;
 	case PCOPY_MSG_ERROR:
 		f->got_error = true;
@@ -566,16 +600,305 @@ static void fake_bad(struct fake *f, enum script sc)
 	fake_drain(f);
 }
 
+
+/* ---- resume / hold scripts ---- */
+
+/* The test hands the fake its next connection (resume or urgent). */
+static void fake_hand(struct fake *f, int fd)
+{
+	pthread_mutex_lock(&f->hand_lock);
+	if (f->next_fd >= 0)
+		close(f->next_fd);
+	f->next_fd = fd;
+	pthread_cond_broadcast(&f->hand_cond);
+	pthread_mutex_unlock(&f->hand_lock);
+}
+
+/* Wait up to 10 s for the next connection; -1 if none came. */
+static int fake_take(struct fake *f)
+{
+	struct timespec ts;
+	int fd;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += 10;
+	pthread_mutex_lock(&f->hand_lock);
+	while (f->next_fd < 0 &&
+	       pthread_cond_timedwait(&f->hand_cond, &f->hand_lock, &ts) == 0)
+		;
+	fd = f->next_fd;
+	f->next_fd = -1;
+	pthread_mutex_unlock(&f->hand_lock);
+	return fd;
+}
+
+/* Send the first `ntp_max` target pages of host page hp of r (raw), not
+ * marking it sent. */
+static void fake_send_partial(struct fake *f, unsigned r, uint64_t hp, unsigned ntp_max)
+{
+	unsigned ntp = (unsigned)(f->ps[r] / TP), i;
+
+	for (i = 0; i < ntp_max && i < ntp; i++) {
+		fill_tp(r, hp * ntp + i, ntp, f->page);
+		fake_frame(f, PCOPY_MSG_PAGE, PCOPY_KIND_RAW, r, 1,
+			   (hp * ntp + i) * TP, f->page, TP, false);
+	}
+}
+
+/* Break the current connection as `c` says, read what the destination
+ * still sends (its REQs count) until it hangs up, close. */
+static void fake_cut(struct fake *f, const struct cut *c)
+{
+	unsigned r = 0;
+	uint64_t hp = 0, bg = 0;
+	bool have = fake_next(f, &bg, &r, &hp);
+
+	switch (c->kind) {
+	case CUT_EOF:
+		break;
+	case CUT_MIDFRAME:
+		if (have) {
+			struct wire_hdr h = { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_PAGE,
+					      .kind = PCOPY_KIND_RAW, .region = r, .count = 1,
+					      .offset = hp * f->ps[r], .length = TP };
+			uint8_t hb[PCOPY_WIRE_HDR_SIZE];
+			struct iovec iov[2] = { { hb, sizeof(hb) }, { f->page, 1000 } };
+
+			fill_tp(r, hp * (f->ps[r] / TP), (unsigned)(f->ps[r] / TP), f->page);
+			wire_hdr_seal(hb, &h, f->page, TP);
+			conn_writev_all(f->fd, iov, 2);
+		}
+		break;
+	case CUT_MIDHP:
+		if (have)
+			fake_send_partial(f, r, hp, (unsigned)(f->ps[r] / TP / 2));
+		break;
+	case CUT_CORRUPT:
+		if (have) {
+			unsigned ntp = (unsigned)(f->ps[r] / TP);
+
+			fill_tp(r, hp * ntp, ntp, f->page);
+			f->page[100] ^= 1;	/* payload no longer matches... */
+			fake_frame(f, PCOPY_MSG_PAGE, PCOPY_KIND_RAW, r, 1, hp * f->ps[r],
+				   f->page, TP, true);	/* ...nor the crc */
+		}
+		break;
+	case CUT_SILENT:
+		break;
+	}
+	if (have) {
+		/* put it back: it was taken from the queue, not sent */
+		f->q[f->qt++ % f->qcap] = ((uint64_t)r << 48) | hp;
+	}
+	if (c->kind != CUT_SILENT && c->kind != CUT_CORRUPT)
+		shutdown(f->fd, SHUT_WR);
+	/* the destination closes its end when it pauses */
+	while (fake_poll_msg(f, 100) >= 0)
+		if (f->got_done)
+			break;
+	close(f->fd);
+	f->fd = -1;
+}
+
+/* Accept a resume: handshake, the bitmap must say exactly which host pages
+ * were sent whole, then the first REQ must hold every requested page not
+ * received. Returns 0, or -1 if this connection failed (the test retries). */
+static int fake_accept_resume(struct fake *f, const struct wire_hello *ours, bool refuse)
+{
+	struct conn_hs_params hp = { f->psk, f->psk_len, f->session, 5000 };
+	struct wire_region tab[NREG];
+	struct wire_hello peer;
+	struct wire_hdr h;
+	uint64_t *bits[NREG], np, next_page = 0, i;
+	uint32_t next_region = 0, feat;
+	char err[PCOPY_ERRMSG_MAX];
+	unsigned r;
+	int rc = 0, fd = fake_take(f);
+
+	if (fd < 0) {
+		FAKE_FAIL(f);
+		return -1;
+	}
+	if (refuse) {
+		f->refused++;
+		close(fd);
+		return -1;
+	}
+	f->fd = fd;
+	if (conn_handshake2(fd, ours, &peer, &feat, &hp, err, sizeof(err)) ||
+	    peer.conn_kind != PCOPY_CONN_RESUME || peer.session_id != f->session) {
+		FAKE_FAIL(f);
+		return -1;
+	}
+	memset(tab, 0, sizeof(tab));
+	for (r = 0; r < f->nreg; r++) {
+		tab[r].length = f->len[r];
+		tab[r].host_page = (uint32_t)f->ps[r];
+		bits[r] = calloc((f->len[r] / f->ps[r] + 63) / 64, 8);
+	}
+	do {
+		rc = conn_recv_msg(fd, &h, f->rbuf, PCOPY_WIRE_PAYLOAD_MAX,
+				   pcopy_now_ns() + 5000000000ull, -1, err, sizeof(err));
+		if (!rc && h.type != PCOPY_MSG_RECV_BITMAP)
+			rc = -EPROTO;
+		if (!rc)
+			rc = wire_bitmap_apply(&h, f->rbuf, tab, f->nreg, &next_region,
+					       &next_page, bits, err, sizeof(err));
+	} while (rc == 0);
+	if (rc != 1) {
+		fprintf(stderr, "fake: bitmap: %d %s\n", rc, err);
+		FAKE_FAIL(f);
+	}
+	/* exactly what was sent whole; and that is what we resend from */
+	for (r = 0; r < f->nreg && rc == 1; r++) {
+		np = f->len[r] / f->ps[r];
+		for (i = 0; i < np; i++) {
+			bool b = (bits[r][i / 64] >> (i % 64)) & 1;
+
+			if (b != (f->sent[r][i] != 0)) {
+				fprintf(stderr, "fake: bitmap region %u host page %" PRIu64
+					": dest says %d, sent %d\n", r, i, b, f->sent[r][i]);
+				FAKE_FAIL(f);
+			}
+		}
+	}
+	f->bitmap_checks++;
+	for (r = 0; r < f->nreg; r++)
+		free(bits[r]);
+	/* The first REQ (if anything requested is missing) re-sends all of it. */
+	{
+		uint64_t want = 0, got = 0;
+		struct wire_req req[PCOPY_REQ_MAX_ENTRIES];
+
+		for (r = 0; r < f->nreg; r++)
+			for (i = 0; i < f->len[r] / f->ps[r]; i++)
+				want += f->reqd[r][i] && !f->sent[r][i];
+		if (want) {
+			rc = conn_recv_msg(fd, &h, f->rbuf, PCOPY_WIRE_PAYLOAD_MAX,
+					   pcopy_now_ns() + 5000000000ull, -1, err, sizeof(err));
+			if (rc || h.type != PCOPY_MSG_REQ ||
+			    wire_req_decode(f->rbuf, h.count, req, tab, f->nreg, err,
+					    sizeof(err))) {
+				FAKE_FAIL(f);
+				return -1;
+			}
+			for (i = 0; i < h.count; i++) {
+				r = req[i].region;
+				np = req[i].offset / f->ps[r];
+				if (f->sent[r][np])
+					FAKE_FAIL(f);	/* requested what it has */
+				got += f->reqd[r][np];
+				f->reqd[r][np] = 1;
+				f->q[f->qt++ % f->qcap] = ((uint64_t)r << 48) | np;
+			}
+			f->post_resume_reqs += h.count;
+			if (got != want) {
+				fprintf(stderr, "fake: first REQ after resume covers %" PRIu64
+					" of %" PRIu64 " pending pages\n", got, want);
+				FAKE_FAIL(f);
+			}
+		}
+	}
+	f->resumes++;
+	return 0;
+}
+
+static uint64_t fake_count_sent(struct fake *f)
+{
+	uint64_t n = 0, i;
+	unsigned r;
+
+	for (r = 0; r < f->nreg; r++)
+		for (i = 0; i < f->len[r] / f->ps[r]; i++)
+			n += f->sent[r][i] != 0;
+	return n;
+}
+
+/* Serve, breaking the connection at each cut and accepting the resume. */
+static void fake_serve_resume(struct fake *f, const struct wire_hello *ours)
+{
+	uint64_t bg = 0, total = fake_total(f), on_conn = 0;
+	unsigned ci = 0, r;
+	uint64_t hp;
+
+	while (fake_count_sent(f) < total || ci < f->ncuts) {
+		int rc;
+
+		if (ci < f->ncuts && on_conn >= f->cuts[ci].after) {
+			bool refuse = f->cuts[ci].refuse_next;
+
+			fake_cut(f, &f->cuts[ci++]);
+			while (fake_accept_resume(f, ours, refuse) < 0) {
+				if (f->fail_line || f->refused > 5)
+					return;
+				refuse = false;
+			}
+			on_conn = 0;
+			bg = 0;
+			continue;
+		}
+		do
+			rc = fake_poll_msg(f, 0);
+		while (rc > 0);
+		if (rc < 0)
+			return;
+		if (!fake_next(f, &bg, &r, &hp)) {
+			if (fake_count_sent(f) == total && ci < f->ncuts) {
+				on_conn = f->cuts[ci].after;	/* cut now */
+				continue;
+			}
+			if (fake_poll_msg(f, 20) < 0)
+				return;
+			continue;
+		}
+		if (fake_send_hp(f, r, hp))
+			return;
+		on_conn++;
+	}
+	fake_frame(f, PCOPY_MSG_END, 0, 0, 0, 0, NULL, 0, false);
+	fake_drain(f);
+}
+
+/* `before` host pages, read only until `release`, then every page not sent
+ * on this connection (the urgent one may have sent some: duplicates). */
+static void fake_hold(struct fake *f)
+{
+	uint64_t bg = 0, total = fake_total(f);
+	unsigned r;
+	uint64_t hp;
+
+	while (fake_count_sent(f) < f->before && fake_next(f, &bg, &r, &hp))
+		if (fake_send_hp(f, r, hp))
+			return;
+	while (!atomic_load(&f->release))
+		if (fake_poll_msg(f, 20) < 0)
+			return;
+	while (fake_count_sent(f) < total) {
+		int rc;
+
+		do
+			rc = fake_poll_msg(f, 0);
+		while (rc > 0);
+		if (rc < 0 || !fake_next(f, &bg, &r, &hp) || fake_send_hp(f, r, hp))
+			return;
+	}
+	fake_frame(f, PCOPY_MSG_END, 0, 0, 0, 0, NULL, 0, false);
+	fake_drain(f);
+}
+
 static void *fake_main(void *arg)
 {
 	struct fake *f = arg;
 	struct wire_hello ours, peer;
 	unsigned i;
 
+	struct conn_hs_params hp = { f->psk, f->psk_len, 0, 5000 };
+
 	memset(&ours, 0, sizeof(ours));
 	ours.version = PCOPY_WIRE_VERSION;
 	ours.role = PCOPY_ROLE_SOURCE;
 	ours.conn_kind = PCOPY_CONN_MAIN;
+	ours.session_id = f->session;
 	ours.features = f->offer;
 	ours.target_page = TP;
 	ours.nregions = f->nreg;
@@ -585,8 +908,8 @@ static void *fake_main(void *arg)
 								   : f->len[i];
 		ours.regions[i].host_page = (uint32_t)f->ps[i];
 	}
-	f->hs_rc = conn_handshake(f->fd, &ours, &peer, &f->features, 5000,
-				  f->hs_err, sizeof(f->hs_err));
+	f->hs_rc = conn_handshake2(f->fd, &ours, &peer, &f->features, &hp,
+				   f->hs_err, sizeof(f->hs_err));
 	if (f->hs_rc)
 		return NULL;
 	if ((f->features & PCOPY_FEAT_ZLIB) || f->sc == SC_ZLIB_NOT_NEGOTIATED)
@@ -607,6 +930,12 @@ static void *fake_main(void *arg)
 			if (fake_poll_msg(f, 100) < 0)
 				return NULL;
 		fake_bad(f, f->bad);
+		break;
+	case SC_RESUME:
+		fake_serve_resume(f, &ours);
+		break;
+	case SC_HOLD:
+		fake_hold(f);
 		break;
 	default:
 		fake_bad(f, f->sc);
@@ -632,6 +961,12 @@ static int fake_start(struct fake *f, struct mem *m, unsigned nreg, enum script 
 		f->ps[i] = m[i].ps;
 		f->sent[i] = calloc(m[i].len / m[i].ps, 1);
 	}
+	f->session = 0x5e5510a0c0ffee01ull;
+	f->next_fd = -1;
+	pthread_mutex_init(&f->hand_lock, NULL);
+	pthread_cond_init(&f->hand_cond, NULL);
+	for (i = 0; i < nreg; i++)
+		f->reqd[i] = calloc(m[i].len / m[i].ps, 1);
 	f->qcap = 1 << 16;
 	f->q = calloc(f->qcap, sizeof(*f->q));
 	f->page = aligned_alloc(TP, HUGE_PS);
@@ -650,9 +985,16 @@ static void fake_end(struct fake *f)
 	unsigned i;
 
 	pthread_join(f->thr, NULL);
-	close(f->fd);
-	for (i = 0; i < f->nreg; i++)
+	if (f->fd >= 0)
+		close(f->fd);
+	if (f->next_fd >= 0)
+		close(f->next_fd);
+	pthread_mutex_destroy(&f->hand_lock);
+	pthread_cond_destroy(&f->hand_cond);
+	for (i = 0; i < f->nreg; i++) {
 		free(f->sent[i]);
+		free(f->reqd[i]);
+	}
 	free(f->q);
 	free(f->page);
 	free(f->zbuf);

@@ -51,6 +51,12 @@ static void mark_removed(struct pcopy_dest *d, uint64_t start, uint64_t end,
 			if (!dbm_test_and_set(&r->received, hp))
 				fresh++;
 		}
+		/* Threads blocked on a page of the range would wait for a
+		 * page that is now dropped on arrival: wake them, they fault
+		 * again and get zeros. */
+		a = (a >> r->shift) << r->shift;
+		b = ((b + r->page_size - 1) >> r->shift) << r->shift;
+		place_wake(d, lo + a, b - a, false);
 	}
 	pcopy_log(&d->log, PCOPY_LOG_DEBUG,
 		  "%s [0x%" PRIx64 ", 0x%" PRIx64 "): %" PRIu64 " host pages removed, %" PRIu64 " of them never received",

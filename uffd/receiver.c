@@ -15,7 +15,7 @@
 #include "internal.h"
 
 /* Bytes asked for per recv: large, so a busy stream costs few syscalls. */
-#define RECV_CHUNK (4u << 20)
+#define RECV_CHUNK (1u << 20)
 #define RECV_CHUNK_URGENT (256u << 10)
 #define RECV_MSG_MAX (PCOPY_WIRE_HDR_SIZE + PCOPY_WIRE_PAYLOAD_MAX)
 /* Placement runs: 512 KiB of 4 KiB pages per UFFDIO_COPY at most. */
