@@ -217,6 +217,7 @@ enum script {
 	SC_RESUME,	/* serve with the cuts in `cuts`, accept resumes */
 	SC_HOLD,	/* `before` host pages, then only read until `release`,
 			   then everything not sent on this connection */
+	SC_URGENT_SRV,	/* an urgent connection: answer REQs until `release` */
 };
 
 /* How the fake source breaks a connection (SC_RESUME). */
@@ -601,7 +602,23 @@ static void fake_bad(struct fake *f, enum script sc)
 }
 
 
-/* ---- resume / hold scripts ---- */
+/* ---- resume / hold / urgent scripts ---- */
+
+static void fake_urgent(struct fake *f)
+{
+	unsigned r;
+	uint64_t hp, bg;
+
+	f->wait_first_req = true;
+	while (!atomic_load(&f->release)) {
+		if (fake_poll_msg(f, 20) < 0)
+			return;
+		bg = fake_total(f);	/* requests only */
+		while (fake_next(f, &bg, &r, &hp))
+			if (fake_send_hp(f, r, hp))
+				return;
+	}
+}
 
 /* The test hands the fake its next connection (resume or urgent). */
 static void fake_hand(struct fake *f, int fd)
@@ -892,7 +909,7 @@ static void *fake_main(void *arg)
 	struct wire_hello ours, peer;
 	unsigned i;
 
-	struct conn_hs_params hp = { f->psk, f->psk_len, 0, 5000 };
+	struct conn_hs_params hp = { f->psk, f->psk_len, f->session, 5000 };
 
 	memset(&ours, 0, sizeof(ours));
 	ours.version = PCOPY_WIRE_VERSION;
@@ -936,6 +953,9 @@ static void *fake_main(void *arg)
 		break;
 	case SC_HOLD:
 		fake_hold(f);
+		break;
+	case SC_URGENT_SRV:
+		fake_urgent(f);
 		break;
 	default:
 		fake_bad(f, f->sc);

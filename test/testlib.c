@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -327,12 +328,28 @@ static int serve_child(const struct tl_source_cfg *cfg, int lfd)
 		return 12;
 	}
 	fd = accept(lfd, NULL, NULL);
-	close(lfd);
 	if (fd < 0)
 		return 13;
 	rc = pcopy_source_start(s, fd);
+	/* Keep accepting: the urgent connection and resumed ones join the
+	 * session. */
+	for (int waited = 0; rc == 0 && waited < 120000; waited += 50) {
+		struct pollfd pfd = { .fd = lfd, .events = POLLIN };
+
+		rc = pcopy_source_wait(s, 0);
+		if (rc != -ETIMEDOUT)
+			break;
+		rc = 0;
+		if (poll(&pfd, 1, 50) == 1) {
+			int extra = accept(lfd, NULL, NULL);
+
+			if (extra >= 0 && pcopy_source_add_conn(s, extra) < 0)
+				fprintf(stderr, "source: add_conn: %s\n", pcopy_source_error(s));
+		}
+	}
+	close(lfd);
 	if (rc == 0)
-		rc = pcopy_source_wait(s, 120000);
+		rc = pcopy_source_wait(s, 1000);
 	if (rc < 0)
 		fprintf(stderr, "source: %s (%s)\n", pcopy_source_error(s),
 			pcopy_strerror(rc));
@@ -387,7 +404,7 @@ int tl_source_spawn(const struct tl_source_cfg *cfg, struct tl_source_proc *sp)
 	int lfd, fd;
 
 	memset(sp, 0, sizeof(*sp));
-	sp->fd = -1;
+	sp->fd = sp->urgent_fd = -1;
 	lfd = listen_socket(cfg, sp, &addr, &alen);
 	if (lfd < 0)
 		return lfd;
@@ -414,6 +431,20 @@ int tl_source_spawn(const struct tl_source_cfg *cfg, struct tl_source_proc *sp)
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	}
 	sp->fd = fd;
+	if (cfg->urgent) {
+		int ufd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+		if (ufd < 0 || connect(ufd, (struct sockaddr *)&addr, alen) < 0) {
+			int e = -errno;
+			if (ufd >= 0)
+				close(ufd);
+			close(fd);
+			kill(sp->pid, SIGKILL);
+			waitpid(sp->pid, NULL, 0);
+			return e;
+		}
+		sp->urgent_fd = ufd;
+	}
 	return 0;
 }
 

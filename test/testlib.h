@@ -72,18 +72,23 @@ struct tl_source_cfg {
 	bool zlib;
 	bool from_file;		/* serve a sparse snapshot file, not memory */
 	enum tl_link link;
+	bool urgent;		/* also connect the urgent connection */
 };
 
 struct tl_source_proc {
 	pid_t pid;
 	int fd;			/* destination's end of the connection */
+	int urgent_fd;		/* its urgent connection (cfg->urgent), or -1 */
 	char path[108];		/* Unix socket path, removed on wait */
 };
 
 /*
  * Fork a child that builds the image (pattern, or a sparse file holding the
- * pattern with its zero pages as holes), listens, and serves one destination;
- * connect to it. Returns 0 with sp->fd connected, or -errno.
+ * pattern with its zero pages as holes), listens, and serves one destination
+ * (its first connection starts the source; later ones, urgent or resumed, go
+ * to pcopy_source_add_conn); connect to it. Returns 0 with sp->fd connected
+ * (and sp->urgent_fd when cfg->urgent), or -errno. Hand sp->urgent_fd to
+ * pcopy_dest_add_urgent after pcopy_dest_start.
  */
 int tl_source_spawn(const struct tl_source_cfg *cfg, struct tl_source_proc *sp);
 /* Wait for the child; returns its exit status (0 = served to completion). */

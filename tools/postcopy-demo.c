@@ -23,6 +23,7 @@ struct demo_opts {
 	unsigned touchers;
 	double hot_fraction;	/* touched first, by the threads */
 	bool zlib;
+	bool urgent;
 	enum tl_link link;
 };
 
@@ -72,7 +73,8 @@ static void usage(const char *argv0)
 	       "  -t  toucher threads (default 2)\n"
 	       "  -H  fraction of pages the touchers read at random (default 0.10)\n"
 	       "  -z  offer zlib compression\n"
-	       "  -u  Unix socket instead of loopback TCP\n", argv0);
+	       "  -u  Unix socket instead of loopback TCP\n"
+	       "  -U  no urgent connection (requests share the background stream)\n", argv0);
 }
 
 static int parse(int argc, char **argv, struct demo_opts *o)
@@ -80,14 +82,15 @@ static int parse(int argc, char **argv, struct demo_opts *o)
 	int c;
 
 	*o = (struct demo_opts){ .mib = 1024, .touchers = 2, .hot_fraction = 0.10,
-				 .link = TL_LINK_TCP };
-	while ((c = getopt(argc, argv, "m:t:H:zuh")) != -1) {
+				 .link = TL_LINK_TCP, .urgent = true };
+	while ((c = getopt(argc, argv, "m:t:H:zuUh")) != -1) {
 		switch (c) {
 		case 'm': o->mib = strtoul(optarg, NULL, 0); break;
 		case 't': o->touchers = (unsigned)strtoul(optarg, NULL, 0); break;
 		case 'H': o->hot_fraction = strtod(optarg, NULL); break;
 		case 'z': o->zlib = true; break;
 		case 'u': o->link = TL_LINK_UNIX; break;
+		case 'U': o->urgent = false; break;
 		case 'h': usage(argv[0]); exit(0);
 		default: usage(argv[0]); return -1;
 		}
@@ -121,9 +124,9 @@ static void print_summary(const struct demo_opts *o, const struct pcopy_stats *s
 		if (ts[i].max_touch_ns > max_touch)
 			max_touch = ts[i].max_touch_ns;
 	printf("\nsummary\n");
-	printf("  image            %zu MiB over %s%s\n", o->mib,
+	printf("  image            %zu MiB over %s%s%s\n", o->mib,
 	       o->link == TL_LINK_TCP ? "loopback TCP" : "a Unix socket",
-	       o->zlib ? " with zlib" : "");
+	       o->urgent ? " + an urgent connection" : "", o->zlib ? " with zlib" : "");
 	printf("  restore time     %.3f s (%.2f GB/s)\n", secs,
 	       secs > 0 ? (double)(o->mib << 20) / secs / 1e9 : 0);
 	printf("  pages            %llu zero, %llu raw, %llu zlib (4 KiB)\n",
@@ -164,6 +167,7 @@ int main(int argc, char **argv)
 	cfg.page_sizes[0] = TL_PAGE;
 	cfg.zlib = o.zlib;
 	cfg.link = o.link;
+	cfg.urgent = o.urgent;
 
 	printf("postcopy-demo (libpostcopy %s): lazy restore of a %zu MiB image\n",
 	       pcopy_version(), o.mib);
@@ -185,8 +189,10 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	rc = pcopy_dest_start(d, sp.fd);
+	if (rc == 0 && sp.urgent_fd >= 0)
+		rc = pcopy_dest_add_urgent(d, sp.urgent_fd);
 	if (rc < 0) {
-		fprintf(stderr, "pcopy_dest_start: %s: %s\n", pcopy_strerror(rc),
+		fprintf(stderr, "starting the restore: %s: %s\n", pcopy_strerror(rc),
 			pcopy_dest_error(d));
 		return 1;
 	}
