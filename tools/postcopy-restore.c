@@ -26,7 +26,7 @@ struct restore_opts {
 	char names[PCOPY_REGIONS_MAX][PCOPY_NAME_MAX + 1];
 	unsigned nregions;
 	const char *connect, *output;
-	bool check_crc, json, quiet;
+	bool check_crc, json, quiet, no_urgent;
 	unsigned long crc_want;
 	int timeout_s;
 };
@@ -43,6 +43,7 @@ static void usage(FILE *f, const char *argv0)
 		"  -o, --output FILE      write the restored regions, concatenated, to FILE\n"
 		"      --crc32 HEX        fail unless the concatenated regions have this crc32\n"
 		"  -t, --timeout SECONDS  give up after this long (default: no limit)\n"
+		"  -U, --no-urgent        no second (urgent) connection for page requests\n"
 		"  -j, --json             print the summary as one JSON object\n"
 		"  -q, --quiet            no progress line\n"
 		"  -V, --version          print the library version\n", argv0);
@@ -80,6 +81,7 @@ static int parse_args(int argc, char **argv, struct restore_opts *o)
 		{ "crc32", required_argument, NULL, 'C' },
 		{ "timeout", required_argument, NULL, 't' },
 		{ "json", no_argument, NULL, 'j' },
+		{ "no-urgent", no_argument, NULL, 'U' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
@@ -89,7 +91,7 @@ static int parse_args(int argc, char **argv, struct restore_opts *o)
 
 	memset(o, 0, sizeof(*o));
 	o->timeout_s = -1;
-	while ((c = getopt_long(argc, argv, "c:r:o:t:jqVh", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "c:r:o:t:jqUVh", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'c': o->connect = optarg; break;
 		case 'r':
@@ -102,6 +104,7 @@ static int parse_args(int argc, char **argv, struct restore_opts *o)
 		case 'C': o->check_crc = true; o->crc_want = strtoul(optarg, NULL, 16); break;
 		case 't': o->timeout_s = atoi(optarg); break;
 		case 'j': o->json = true; break;
+		case 'U': o->no_urgent = true; break;
 		case 'q': o->quiet = true; break;
 		case 'V': printf("libpostcopy %s\n", pcopy_version()); exit(0);
 		case 'h': usage(stdout, argv[0]); exit(0);
@@ -222,6 +225,13 @@ static void print_summary(const struct restore_opts *o, const struct pcopy_stats
 	       (unsigned long long)st->pages_zlib, (unsigned long long)st->faults, crc);
 }
 
+/* After a break the library calls this to reconnect (with backoff). */
+static int reconnect(void *opaque, int urgent)
+{
+	(void)urgent;
+	return tool_connect(opaque, 1000);
+}
+
 int main(int argc, char **argv)
 {
 	struct restore_opts o;
@@ -245,6 +255,8 @@ int main(int argc, char **argv)
 	for (unsigned i = 0; i < o.nregions; i++)
 		total += o.regions[i].length;
 	pcopy_dest_opts_init(&dopts);
+	dopts.connect = reconnect;
+	dopts.connect_opaque = &addr;
 	rc = pcopy_dest_create(&d, o.regions, o.nregions, &dopts);
 	if (rc < 0) {
 		fprintf(stderr, "postcopy-restore: %s\n", pcopy_strerror(rc));
@@ -257,6 +269,15 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	rc = pcopy_dest_start(d, fd);
+	if (rc == 0 && !o.no_urgent) {
+		/* Requests and their pages on a second connection, so a fault never
+		 * waits behind background data; optional. */
+		int ufd = tool_connect(&addr, 1000);
+
+		if (ufd >= 0 && pcopy_dest_add_urgent(d, ufd) < 0 && !o.quiet)
+			fprintf(stderr, "postcopy-restore: no urgent connection: %s\n",
+				pcopy_dest_error(d));
+	}
 	while (rc == 0 && (rc = pcopy_dest_wait(d, 500)) == -ETIMEDOUT) {
 		pcopy_dest_stats(d, &st);
 		if (!o.quiet && !o.json)

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -202,20 +203,30 @@ int main(int argc, char **argv)
 		fprintf(stderr, "postcopy-serve: %u region(s), %llu MiB, listening on %s\n",
 			o.nregions, total >> 20, o.listen);
 	fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-	close(lfd);
-	if (addr.is_unix)
-		unlink(((struct sockaddr_un *)&addr.ss)->sun_path);
 	if (fd < 0) {
 		fprintf(stderr, "postcopy-serve: accept: %s\n", strerror(errno));
 		return 1;
 	}
 	rc = pcopy_source_start(s, fd);
-	while (rc == 0 && (rc = pcopy_source_wait(s, 500)) == -ETIMEDOUT) {
+	/* Keep listening: the destination's urgent connection, and its resumed
+	 * connections after a break, join the session. */
+	while (rc == 0 && (rc = pcopy_source_wait(s, 0)) == -ETIMEDOUT) {
+		struct pollfd pfd = { .fd = lfd, .events = POLLIN };
+
+		rc = 0;
+		if (poll(&pfd, 1, 250) == 1) {
+			int extra = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+
+			if (extra >= 0 && pcopy_source_add_conn(s, extra) < 0 && !o.quiet)
+				fprintf(stderr, "postcopy-serve: refused a connection\n");
+		}
 		pcopy_source_stats(s, &st);
 		if (!o.quiet)
 			tool_progress("serving", st.bytes_payload, total, st.elapsed_ns / 1e9);
-		rc = 0;
 	}
+	close(lfd);
+	if (addr.is_unix)
+		unlink(((struct sockaddr_un *)&addr.ss)->sun_path);
 	pcopy_source_stats(s, &st);
 	if (rc < 0) {
 		fprintf(stderr, "postcopy-serve: %s: %s\n", pcopy_strerror(rc), pcopy_source_error(s));
