@@ -2179,10 +2179,463 @@ END_TEST
 
 /* ------------------------------------------------------------------ */
 
+/* ------------------------------------------------------------------ */
+/* tests: resume, keepalive, urgent connection, PSK, REMOVE           */
+/* ------------------------------------------------------------------ */
+
+#define FEAT_ALL (PCOPY_FEAT_ZLIB | PCOPY_FEAT_URGENT | PCOPY_FEAT_RESUME)
+
+static atomic_int g_connects;
+
+/* opts.connect: a new socketpair, one end to the fake. */
+static int connect_cb(void *opaque, int urgent)
+{
+	struct fake *f = opaque;
+	int sv[2];
+
+	if (urgent)
+		return -EINVAL;
+	atomic_fetch_add(&g_connects, 1);
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		return -errno;
+	fake_hand(f, sv[1]);
+	return sv[0];
+}
+
+/* Every break: wait until paused, hand in a new connection (unless the
+ * connect callback does). Returns the restore's result. */
+static int drive_resumes(struct pcopy_dest *d, struct fake *f, bool by_callback,
+			 unsigned *failed_resumes)
+{
+	uint64_t end = pcopy_now_ns() + 40000000000ull;
+	int rc;
+
+	while ((rc = pcopy_dest_wait(d, 10)) == -ETIMEDOUT && pcopy_now_ns() < end) {
+		int sv[2];
+
+		if (by_callback || !pcopy_dest_paused(d))
+			continue;
+		ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+		fake_hand(f, sv[1]);
+		rc = pcopy_dest_resume(d, sv[0]);
+		if (rc < 0) {
+			(*failed_resumes)++;
+			ck_assert_int_eq(pcopy_dest_paused(d), 1);	/* still paused */
+		}
+	}
+	return rc;
+}
+
+/* Breaks at several points of one restore: after whole host pages (then a
+ * resume connection closed unanswered), mid-frame, corrupted frame, mid host
+ * page, right after a resume, silence (keepalive). The fake checks the
+ * bitmap is exactly what it sent whole and the first REQ after each resume
+ * holds every pending request; the toucher and a full check see every byte;
+ * nothing is received twice. */
+static void run_resume(enum mt t, bool by_callback)
+{
+	static const struct cut cuts[] = {
+		{ CUT_EOF, 3, true }, { CUT_MIDFRAME, 5, false },
+		{ CUT_CORRUPT, 4, false }, { CUT_MIDHP, 2, false },
+		{ CUT_EOF, 0, false }, { CUT_SILENT, 3, false },
+	};
+	unsigned scale = t == MT_HUGE ? 1 : 20, i, failed = 0;
+	struct mem m[NREG];
+	struct toucher tt;
+	struct pcopy_dest_opts o;
+	struct pcopy_stats st;
+	struct pcopy_dest *d;
+	struct fake f;
+	int fd;
+
+	if (huge_skip(t) || !alloc_regions(m, t, false))
+		return;
+	opts_default(&o);
+	o.keepalive_ms = 300;
+	if (by_callback) {
+		o.connect = connect_cb;
+		o.connect_opaque = &f;
+	}
+	d = dest_new(m, NREG, &o);
+	fd = fake_start(&f, m, NREG, SC_RESUME);
+	f.offer = FEAT_ALL;
+	f.wait_first_req = true;
+	f.ncuts = sizeof(cuts) / sizeof(cuts[0]);
+	for (i = 0; i < f.ncuts; i++) {
+		f.cuts[i] = cuts[i];
+		f.cuts[i].after *= scale;
+	}
+	tt = (struct toucher){ .m = m, .nreg = NREG, .order = 5 };
+	ck_assert_int_eq(pthread_create(&tt.thr, NULL, toucher_main, &tt), 0);
+	fake_run(&f);
+	ck_assert_int_eq(pcopy_dest_start(d, fd), 0);
+	ck_assert_int_eq(drive_resumes(d, &f, by_callback, &failed), 0);
+	pthread_join(tt.thr, NULL);
+	ck_assert_uint_eq(atomic_load(&tt.bad), 0);
+	for (i = 0; i < NREG; i++)
+		verify_region(&m[i], i);
+	ck_assert_int_eq(pcopy_dest_stats(d, &st), 0);
+	ck_assert_int_eq(pcopy_dest_paused(d), 0);
+	ck_assert_int_eq(atomic_load(&g_events), 1);
+	ck_assert_int_eq(atomic_load(&g_event_err), 0);
+	ck_assert_int_eq(pcopy_dest_resume(d, dup(2)), -EALREADY);
+	pcopy_dest_destroy(d);
+	fake_end(&f);
+	ck_assert_int_eq(f.fail_line, 0);
+	ck_assert_uint_eq(f.resumes, f.ncuts);
+	ck_assert_uint_eq(f.bitmap_checks, f.ncuts);
+	ck_assert_uint_eq(f.refused, 1);
+	ck_assert_uint_gt(f.pings, 0);	/* the silent cut: the destination pinged */
+	ck_assert_uint_eq(st.breaks, f.ncuts);
+	ck_assert_uint_eq(st.duplicates, 0);	/* the bitmap was exact */
+	ck_assert_uint_eq(st.host_pages_received, st.host_pages_total);
+	ck_assert_uint_ge(st.resent_pages, f.post_resume_reqs ? 1 : 0);
+	if (by_callback)
+		ck_assert_int_ge(atomic_load(&g_connects), (int)f.ncuts + 1);
+	else
+		ck_assert_uint_eq(failed, 1);
+	for (i = 0; i < NREG; i++)
+		mem_free(&m[i]);
+}
+
+START_TEST(test_resume_breaks)
+{
+	run_resume((enum mt)_i, false);
+}
+END_TEST
+
+START_TEST(test_resume_callback)
+{
+	run_resume((enum mt)_i, true);
+}
+END_TEST
+
+/* Nobody hands in a new connection: the deadline fails the restore. */
+START_TEST(test_resume_deadline)
+{
+	struct mem m[NREG];
+	struct pcopy_dest_opts o;
+	struct pcopy_stats st;
+	struct pcopy_dest *d;
+	struct fake f;
+	uint64_t t0, dt;
+	int fd, rc;
+
+	if (!alloc_regions(m, MT_ANON, false))
+		return;
+	opts_default(&o);
+	o.resume_deadline_ms = 300;
+	d = dest_new(m, NREG, &o);
+	fd = fake_start(&f, m, NREG, SC_EOF);
+	f.offer = FEAT_ALL;
+	f.before = 2;
+	fake_run(&f);
+	ck_assert_int_eq(pcopy_dest_start(d, fd), 0);
+	t0 = pcopy_now_ns();
+	while (!pcopy_dest_paused(d) && pcopy_now_ns() - t0 < 5000000000ull)
+		usleep(1000);
+	ck_assert_int_eq(pcopy_dest_paused(d), 1);
+	t0 = pcopy_now_ns();
+	rc = pcopy_dest_wait(d, 10000);
+	dt = pcopy_now_ns() - t0;
+	ck_assert_int_eq(rc, -ETIMEDOUT);
+	ck_assert_msg(dt > 200000000ull && dt < 3000000000ull, "failed after %" PRIu64 " ns", dt);
+	ck_assert_msg(strstr(pcopy_dest_error(d), "no new connection"), "%s", pcopy_dest_error(d));
+	ck_assert_int_eq(atomic_load(&g_events), 1);
+	ck_assert_int_eq(atomic_load(&g_event_err), -ETIMEDOUT);
+	ck_assert_int_eq(pcopy_dest_stats(d, &st), 0);
+	ck_assert_uint_eq(st.breaks, 1);
+	ck_assert_uint_eq(st.host_pages_received, 2);
+	ck_assert_int_lt(pcopy_dest_resume(d, dup(2)), 0);	/* over */
+	pcopy_dest_destroy(d);
+	fake_end(&f);
+	mem_free(&m[0]);
+	mem_free(&m[1]);
+}
+END_TEST
+
+/* A source that goes silent (no close): the keepalive (300 ms) notices, and
+ * the destination pinged meanwhile. Without resume that is fatal. */
+START_TEST(test_keepalive)
+{
+	struct mem m[NREG];
+	struct pcopy_dest_opts o;
+	struct pcopy_dest *d;
+	struct fake f;
+	uint64_t t0, dt;
+	int fd, rc;
+
+	if (!alloc_regions(m, MT_ANON, false))
+		return;
+	opts_default(&o);
+	o.keepalive_ms = 300;
+	o.flags |= PCOPY_DEST_NO_RESUME;
+	d = dest_new(m, NREG, &o);
+	fd = fake_start(&f, m, NREG, SC_STALL);
+	f.offer = FEAT_ALL;
+	f.before = 2;
+	fake_run(&f);
+	t0 = pcopy_now_ns();
+	ck_assert_int_eq(pcopy_dest_start(d, fd), 0);
+	rc = pcopy_dest_wait(d, 10000);
+	dt = pcopy_now_ns() - t0;
+	ck_assert_int_eq(rc, -ETIMEDOUT);
+	ck_assert_msg(dt > 250000000ull && dt < 3000000000ull, "after %" PRIu64 " ns", dt);
+	ck_assert_msg(strstr(pcopy_dest_error(d), "keepalive"), "%s", pcopy_dest_error(d));
+	ck_assert_int_eq(pcopy_dest_paused(d), 0);
+	pcopy_dest_destroy(d);
+	fake_end(&f);
+	ck_assert_uint_gt(f.pings, 0);
+	mem_free(&m[0]);
+	mem_free(&m[1]);
+}
+END_TEST
+
+/* The main connection holds still; page requests go on the urgent one and
+ * are answered there; then the main one sends everything again:
+ * duplicates, never errors. */
+START_TEST(test_urgent)
+{
+	enum mt t = (enum mt)_i;
+	struct mem m[NREG];
+	struct toucher tt;
+	struct pcopy_dest_opts o;
+	struct pcopy_stats st;
+	struct pcopy_dest *d;
+	struct fake f, u;
+	struct timespec ts;
+	unsigned i;
+	int fd, ufd;
+
+	if (huge_skip(t) || !alloc_regions(m, t, false))
+		return;
+	opts_default(&o);
+	d = dest_new(m, NREG, &o);
+	fd = fake_start(&f, m, NREG, SC_HOLD);
+	f.offer = FEAT_ALL;
+	f.before = 2;
+	fake_run(&f);
+	ck_assert_int_eq(pcopy_dest_start(d, fd), 0);
+	ufd = fake_start(&u, m, NREG, SC_URGENT_SRV);
+	u.offer = FEAT_ALL;
+	fake_run(&u);
+	ck_assert_int_eq(pcopy_dest_add_urgent(d, ufd), 0);
+	tt = (struct toucher){ .m = m, .nreg = NREG, .order = 7 };
+	ck_assert_int_eq(pthread_create(&tt.thr, NULL, toucher_main, &tt), 0);
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += 20;
+	/* everything touched while the main connection sends nothing */
+	ck_assert_int_eq(pthread_timedjoin_np(tt.thr, NULL, &ts), 0);
+	ck_assert_uint_eq(atomic_load(&tt.bad), 0);
+	ck_assert_uint_eq(atomic_load(&tt.touched), (m[0].len + m[1].len) / TP);
+	atomic_store(&f.release, true);
+	ck_assert_int_eq(pcopy_dest_wait(d, 20000), 0);
+	for (i = 0; i < NREG; i++)
+		verify_region(&m[i], i);
+	ck_assert_int_eq(pcopy_dest_stats(d, &st), 0);
+	atomic_store(&u.release, true);
+	pcopy_dest_destroy(d);
+	fake_end(&f);
+	fake_end(&u);
+	ck_assert_int_eq(f.fail_line, 0);
+	ck_assert_int_eq(u.fail_line, 0);
+	ck_assert_int_eq(u.hs_rc, 0);
+	ck_assert_uint_eq(f.req_entries, 0);	/* every REQ went urgent */
+	ck_assert_uint_gt(u.req_entries, 0);
+	ck_assert_uint_eq(st.urgent_pages, st.host_pages_total - 2);
+	ck_assert_uint_eq(st.host_pages_received, st.host_pages_total);
+	/* the main connection sent them again after the release: dropped */
+	ck_assert_uint_gt(st.duplicates, 0);
+	ck_assert_int_eq(atomic_load(&g_event_err), 0);
+	for (i = 0; i < NREG; i++)
+		mem_free(&m[i]);
+}
+END_TEST
+
+/* Without an urgent offer from the source: -EOPNOTSUPP. */
+START_TEST(test_urgent_not_offered)
+{
+	struct mem m[NREG];
+	struct pcopy_dest_opts o;
+	struct pcopy_dest *d;
+	struct fake f;
+	int fd, sv[2];
+
+	if (!alloc_regions(m, MT_ANON, false))
+		return;
+	opts_default(&o);
+	d = dest_new(m, NREG, &o);
+	fd = fake_start(&f, m, NREG, SC_NORMAL);
+	fake_run(&f);
+	ck_assert_int_eq(pcopy_dest_start(d, fd), 0);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	close(sv[1]);
+	ck_assert_int_eq(pcopy_dest_add_urgent(d, sv[0]), -EOPNOTSUPP);
+	ck_assert_int_eq(pcopy_dest_wait(d, 20000), 0);
+	pcopy_dest_destroy(d);
+	fake_end(&f);
+	mem_free(&m[0]);
+	mem_free(&m[1]);
+}
+END_TEST
+
+/* PSK: the right key restores; a wrong or missing one is refused before
+ * any page moves. */
+START_TEST(test_psk)
+{
+	static const char *const keys[][2] = {	/* dest, source */
+		{ "correct horse battery", "correct horse battery" },
+		{ "correct horse battery", "wrong key" },
+		{ "correct horse battery", NULL },
+		{ NULL, "correct horse battery" },
+	};
+	const char *dk = keys[_i][0], *sk = keys[_i][1];
+	bool ok = dk && sk && !strcmp(dk, sk);
+	struct mem m[NREG];
+	struct pcopy_dest_opts o;
+	struct pcopy_stats st;
+	struct pcopy_dest *d;
+	struct fake f;
+	uint64_t a;
+	int fd, rc;
+
+	if (!alloc_regions(m, MT_ANON, false))
+		return;
+	opts_default(&o);
+	o.psk = dk;
+	o.psk_len = dk ? strlen(dk) : 0;
+	d = dest_new(m, NREG, &o);
+	fd = fake_start(&f, m, NREG, SC_NORMAL);
+	f.psk = sk;
+	f.psk_len = sk ? strlen(sk) : 0;
+	fake_run(&f);
+	rc = pcopy_dest_start(d, fd);
+	if (ok) {
+		ck_assert_int_eq(rc, 0);
+		ck_assert_int_eq(pcopy_dest_wait(d, 20000), 0);
+		verify_region(&m[0], 0);
+		verify_region(&m[1], 1);
+	} else {
+		ck_assert_msg(rc == -EACCES, "start: %d (%s)", rc, pcopy_dest_error(d));
+		ck_assert_int_eq(pcopy_dest_stats(d, &st), 0);
+		ck_assert_uint_eq(st.host_pages_received, 0);
+		for (a = 0; a < m[0].len; a += TP)
+			ck_assert(!page_present(m[0].p + a));
+	}
+	pcopy_dest_destroy(d);
+	fake_end(&f);
+	if (!ok)
+		ck_assert_int_ne(f.hs_rc, 0);
+	mem_free(&m[0]);
+	mem_free(&m[1]);
+}
+END_TEST
+
+struct reader {
+	uint8_t *p;
+	size_t len;
+	atomic_int done;
+	uint64_t nonzero;
+	pthread_t thr;
+};
+
+static void *reader_main(void *arg)
+{
+	struct reader *rd = arg;
+	size_t i;
+
+	for (i = 0; i < rd->len; i++)
+		rd->nonzero += rd->p[i] != 0;
+	atomic_store(&rd->done, 1);
+	return NULL;
+}
+
+/*
+ * PCOPY_DEST_HANDLE_REMOVE: while the source holds still, the application
+ * removes a range (MADV_DONTNEED, or MADV_REMOVE on shared memory) of which
+ * some host pages were received and some not, with a thread already blocked
+ * on one of the latter. The range reads zeros afterwards (that thread too),
+ * nothing in it is requested again, pages of it that arrive later are
+ * dropped, everything else is the source's, and the restore completes.
+ */
+START_TEST(test_remove)
+{
+	enum mt t = (enum mt)_i;
+	bool huge = t == MT_HUGE;
+	/* host pages: sent before holding, removed range [r0, r1), blocked one */
+	uint64_t before = huge ? 2 : 64, r0 = huge ? 1 : 32, r1 = huge ? 3 : 96;
+	uint64_t blk = huge ? 2 : 80, hp, a, k;
+	struct mem m[NREG];
+	struct pcopy_dest_opts o;
+	struct pcopy_stats st;
+	struct pcopy_dest *d;
+	struct reader blocked, after;
+	struct fake f;
+	size_t ps;
+	uint8_t want[TP];
+	int fd;
+
+	if (huge_skip(t) || !alloc_regions(m, t, false))
+		return;
+	ps = m[0].ps;
+	opts_default(&o);
+	o.flags |= PCOPY_DEST_HANDLE_REMOVE;
+	d = dest_new(m, NREG, &o);
+	fd = fake_start(&f, m, NREG, SC_HOLD);
+	f.offer = FEAT_ALL;
+	f.before = (unsigned)before;
+	fake_run(&f);
+	ck_assert_int_eq(pcopy_dest_start(d, fd), 0);
+	for (k = 0; k < 5000 && (pcopy_dest_stats(d, &st), st.host_pages_received < before); k++)
+		usleep(1000);
+	ck_assert_uint_eq(st.host_pages_received, before);
+	/* a thread blocks on a page not received, inside the range-to-be */
+	blocked = (struct reader){ .p = m[0].p + blk * ps, .len = ps };
+	ck_assert_int_eq(pthread_create(&blocked.thr, NULL, reader_main, &blocked), 0);
+	for (k = 0; k < 5000 && !f.reqd[0][blk]; k++)
+		usleep(1000);
+	ck_assert(f.reqd[0][blk]);
+	ck_assert_int_eq(atomic_load(&blocked.done), 0);
+	/* the balloon */
+	ck_assert_int_eq(madvise(m[0].p + r0 * ps, (r1 - r0) * ps,
+				 t == MT_ANON ? MADV_DONTNEED : MADV_REMOVE), 0);
+	pthread_join(blocked.thr, NULL);
+	ck_assert_uint_eq(blocked.nonzero, 0);
+	after = (struct reader){ .p = m[0].p + r0 * ps, .len = (r1 - r0) * ps };
+	reader_main(&after);
+	ck_assert_uint_eq(after.nonzero, 0);
+	for (hp = r0; hp < r1; hp++)
+		ck_assert_msg(hp == blk || !f.reqd[0][hp], "removed host page %" PRIu64 " requested", hp);
+	atomic_store(&f.release, true);
+	ck_assert_int_eq(pcopy_dest_wait(d, 20000), 0);
+	/* zeros stay zeros; the rest is the source's */
+	after.nonzero = 0;
+	reader_main(&after);
+	ck_assert_uint_eq(after.nonzero, 0);
+	for (a = 0; a < m[0].len; a += TP) {
+		if (a >= r0 * ps && a < r1 * ps)
+			continue;
+		fill_tp(0, a / TP, (unsigned)(ps / TP), want);
+		ck_assert_msg(!memcmp(m[0].p + a, want, TP), "offset 0x%" PRIx64, a);
+	}
+	verify_region(&m[1], 1);
+	ck_assert_int_eq(pcopy_dest_stats(d, &st), 0);
+	ck_assert_uint_eq(st.host_pages_received, st.host_pages_total);
+	/* the unreceived removed pages came later and were dropped */
+	ck_assert_uint_ge(st.duplicates, r1 - before);
+	pcopy_dest_destroy(d);
+	fake_end(&f);
+	ck_assert_int_eq(f.fail_line, 0);
+	mem_free(&m[0]);
+	mem_free(&m[1]);
+}
+END_TEST
+
 static void reset_events(void)
 {
 	atomic_store(&g_events, 0);
 	atomic_store(&g_event_err, 0);
+	atomic_store(&g_connects, 0);
 }
 
 static Suite *make_dest_suite(void)
@@ -2240,6 +2693,24 @@ static Suite *make_dest_suite(void)
 	tcase_add_loop_test(tc, test_sigbus_mode, 0, MT_N);
 	tcase_add_test(tc, test_hugetlb_pool_empty);
 	tcase_add_loop_test(tc, test_destroy_mid_restore, 0, MT_N);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("recovery");
+	tcase_add_checked_fixture(tc, reset_events, NULL);
+	tcase_set_timeout(tc, 60);
+	tcase_add_loop_test(tc, test_resume_breaks, 0, MT_N);
+	tcase_add_loop_test(tc, test_resume_callback, 0, MT_N);
+	tcase_add_test(tc, test_resume_deadline);
+	tcase_add_test(tc, test_keepalive);
+	tcase_add_loop_test(tc, test_psk, 0, 4);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("urgent_remove");
+	tcase_add_checked_fixture(tc, reset_events, NULL);
+	tcase_set_timeout(tc, 60);
+	tcase_add_loop_test(tc, test_urgent, 0, MT_N);
+	tcase_add_test(tc, test_urgent_not_offered);
+	tcase_add_loop_test(tc, test_remove, 0, MT_N);
 	suite_add_tcase(s, tc);
 	return s;
 }
