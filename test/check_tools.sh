@@ -24,11 +24,13 @@ dd if="$snap" of="$tmp/rom.want" bs=4096 skip=1025 count=256 status=none
 truncate -s 4M "$tmp/ram.want"; truncate -s 1M "$tmp/rom.want"
 cat "$tmp/ram.want" "$tmp/rom.want" > "$tmp/want"
 
-run() { # run LISTEN CONNECT [serve options]
+run() { # run LISTEN CONNECT [serve options]; a --key-file goes to both sides
 	listen=$1 connect=$2; shift 2
+	rkey=""
+	[ "${1:-}" = --key-file ] && rkey="--key-file $2"
 	"$bin/postcopy-serve" -q -l "$listen" -r "ram:$snap:4096:4M" -r "rom:$snap:4198400:1M" "$@" &
 	spid=$!
-	"$bin/postcopy-restore" -q -c "$connect" -r ram:4M -r rom:1M -o "$tmp/got" -t 60 \
+	"$bin/postcopy-restore" -q -c "$connect" -r ram:4M -r rom:1M -o "$tmp/got" -t 60 $rkey \
 		|| fail "restore from $connect"
 	wait $spid || fail "serve on $listen exited with $?"
 	cmp "$tmp/want" "$tmp/got" || fail "restored image differs ($connect)"
@@ -51,6 +53,21 @@ if "$bin/postcopy-restore" -q -c "$tmp/d.sock" -r ram:4M -r rom:1M --crc32 12345
 fi
 wait || true
 echo "ok: crc32 checked"
+
+# pre-shared key: the right key restores, a wrong one gets nothing
+printf 'correct horse battery staple\n' > "$tmp/key"
+printf 'wrong key\n' > "$tmp/badkey"
+run "unix:$tmp/k.sock" "unix:$tmp/k.sock" --key-file "$tmp/key"
+"$bin/postcopy-serve" -q -l "$tmp/k2.sock" -r "ram:$snap:4096:4M" -r "rom:$snap:4198400:1M" \
+	--key-file "$tmp/key" 2>/dev/null &
+spid=$!
+if "$bin/postcopy-restore" -q -c "$tmp/k2.sock" -r ram:4M -r rom:1M -t 20 \
+	--key-file "$tmp/badkey" 2>"$tmp/err"; then
+	fail "a wrong key was accepted"
+fi
+grep -qi "auth" "$tmp/err" || fail "wrong key refused without saying why: $(cat "$tmp/err")"
+kill $spid 2>/dev/null || true; wait $spid 2>/dev/null || true
+echo "ok: wrong key refused"
 
 if "$bin/postcopy-serve" -q -l 0.0.0.0:1 -r "ram:$snap" 2>"$tmp/err"; then
 	fail "non-loopback listen accepted without --allow-remote"

@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -174,4 +175,49 @@ void tool_progress(const char *what, unsigned long long done, unsigned long long
 		done >> 20, total >> 20, secs, secs > 0 ? (double)done / secs / 1e6 : 0.0);
 	if (done >= total)
 		fputc('\n', stderr);
+}
+
+int tool_check_peer_uid(int fd, long allowed_uid, char *err, size_t errlen)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+
+	if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0 || ss.ss_family != AF_UNIX)
+		return 0;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+		snprintf(err, errlen, "SO_PEERCRED: %s", strerror(errno));
+		return -errno;
+	}
+	if (cred.uid == 0 || (long)cred.uid == allowed_uid)
+		return 0;
+	snprintf(err, errlen, "peer pid %ld runs as uid %ld, only uid %ld (or root) may connect",
+		 (long)cred.pid, (long)cred.uid, allowed_uid);
+	return -EACCES;
+}
+
+int tool_read_key(const char *path, unsigned char *key, size_t cap, char *err,
+		  size_t errlen)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0) {
+		snprintf(err, errlen, "key file %s: %s", path, strerror(errno));
+		return -errno;
+	}
+	n = read(fd, key, cap);
+	close(fd);
+	if (n < 0) {
+		snprintf(err, errlen, "key file %s: %s", path, strerror(errno));
+		return -EIO;
+	}
+	while (n > 0 && (key[n - 1] == '\n' || key[n - 1] == '\r'))
+		n--;
+	if (n == 0 || (size_t)n == cap) {
+		snprintf(err, errlen, "key file %s: must hold 1 to %zu bytes", path, cap - 1);
+		return -EINVAL;
+	}
+	return (int)n;
 }

@@ -36,4 +36,15 @@ int tool_parse_size(const char *text, unsigned long long *out);
 void tool_progress(const char *what, unsigned long long done, unsigned long long total,
 		   double secs);
 
+/*
+ * For a Unix socket: 0 if the peer's uid (SO_PEERCRED) is `allowed_uid` or
+ * root, else -EACCES with the uid in err. TCP sockets pass.
+ */
+int tool_check_peer_uid(int fd, long allowed_uid, char *err, size_t errlen);
+
+/* Read a pre-shared key (1..4096 bytes, trailing newline dropped) from a
+ * file; returns its length or -errno with a message in err. */
+int tool_read_key(const char *path, unsigned char *key, size_t cap, char *err,
+		  size_t errlen);
+
 #endif

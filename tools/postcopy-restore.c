@@ -27,6 +27,7 @@ struct restore_opts {
 	unsigned nregions;
 	const char *connect, *output;
 	bool check_crc, json, quiet, no_urgent;
+	const char *key_file;
 	unsigned long crc_want;
 	int timeout_s;
 };
@@ -45,6 +46,7 @@ static void usage(FILE *f, const char *argv0)
 		"  -t, --timeout SECONDS  give up after this long (default: no limit)\n"
 		"  -U, --no-urgent        no second (urgent) connection for page requests\n"
 		"  -j, --json             print the summary as one JSON object\n"
+		"      --key-file FILE    pre-shared key: the peer must prove it knows it\n"
 		"  -q, --quiet            no progress line\n"
 		"  -V, --version          print the library version\n", argv0);
 }
@@ -83,6 +85,7 @@ static int parse_args(int argc, char **argv, struct restore_opts *o)
 		{ "json", no_argument, NULL, 'j' },
 		{ "no-urgent", no_argument, NULL, 'U' },
 		{ "quiet", no_argument, NULL, 'q' },
+		{ "key-file", required_argument, NULL, 'K' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
@@ -106,6 +109,7 @@ static int parse_args(int argc, char **argv, struct restore_opts *o)
 		case 'j': o->json = true; break;
 		case 'U': o->no_urgent = true; break;
 		case 'q': o->quiet = true; break;
+		case 'K': o->key_file = optarg; break;
 		case 'V': printf("libpostcopy %s\n", pcopy_version()); exit(0);
 		case 'h': usage(stdout, argv[0]); exit(0);
 		default: usage(stderr, argv[0]); return -1;
@@ -242,6 +246,7 @@ int main(int argc, char **argv)
 	unsigned long long total = 0;
 	unsigned long crc = 0;
 	char err[256];
+	unsigned char key[4097];
 	int fd, rc, waited_ms = 0;
 
 	if (parse_args(argc, argv, &o) < 0)
@@ -255,6 +260,15 @@ int main(int argc, char **argv)
 	for (unsigned i = 0; i < o.nregions; i++)
 		total += o.regions[i].length;
 	pcopy_dest_opts_init(&dopts);
+	if (o.key_file) {
+		rc = tool_read_key(o.key_file, key, sizeof(key), err, sizeof(err));
+		if (rc < 0) {
+			fprintf(stderr, "postcopy-restore: %s\n", err);
+			return 2;
+		}
+		dopts.psk = key;
+		dopts.psk_len = (size_t)rc;
+	}
 	dopts.connect = reconnect;
 	dopts.connect_opaque = &addr;
 	rc = pcopy_dest_create(&d, o.regions, o.nregions, &dopts);

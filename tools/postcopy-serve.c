@@ -30,6 +30,8 @@ struct serve_opts {
 	unsigned nregions;
 	const char *listen;
 	bool zlib, allow_remote, quiet;
+	const char *key_file;
+	long peer_uid;
 };
 
 static void usage(FILE *f, const char *argv0)
@@ -46,6 +48,9 @@ static void usage(FILE *f, const char *argv0)
 		"  -z, --zlib             offer zlib compression\n"
 		"      --allow-remote     listen on a non-loopback address (the image may\n"
 		"                         hold secrets: only on a trusted network)\n"
+		"      --key-file FILE    pre-shared key: the peer must prove it knows it\n"
+		"      --peer-uid UID     on a Unix socket, also accept peers running as UID\n"
+		"                         (default: only our own uid and root)\n"
 		"  -q, --quiet            no progress line\n"
 		"  -V, --version          print the library version\n", argv0);
 }
@@ -83,6 +88,8 @@ static int parse_args(int argc, char **argv, struct serve_opts *o)
 		{ "zlib", no_argument, NULL, 'z' },
 		{ "allow-remote", no_argument, NULL, 'R' },
 		{ "quiet", no_argument, NULL, 'q' },
+		{ "key-file", required_argument, NULL, 'K' },
+		{ "peer-uid", required_argument, NULL, 'P' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 }
@@ -90,6 +97,7 @@ static int parse_args(int argc, char **argv, struct serve_opts *o)
 	int c;
 
 	memset(o, 0, sizeof(*o));
+	o->peer_uid = (long)geteuid();
 	while ((c = getopt_long(argc, argv, "l:r:zqVh", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'l': o->listen = optarg; break;
@@ -104,6 +112,8 @@ static int parse_args(int argc, char **argv, struct serve_opts *o)
 		case 'z': o->zlib = true; break;
 		case 'R': o->allow_remote = true; break;
 		case 'q': o->quiet = true; break;
+		case 'K': o->key_file = optarg; break;
+		case 'P': o->peer_uid = strtol(optarg, NULL, 10); break;
 		case 'V': printf("libpostcopy %s\n", pcopy_version()); exit(0);
 		case 'h': usage(stdout, argv[0]); exit(0);
 		default: usage(stderr, argv[0]); return -1;
@@ -164,6 +174,7 @@ int main(int argc, char **argv)
 	struct pcopy_stats st;
 	unsigned long long total = 0;
 	char err[256];
+	unsigned char key[4097];
 	int lfd, fd, rc;
 
 	for (unsigned i = 0; i < PCOPY_REGIONS_MAX; i++)
@@ -187,6 +198,15 @@ int main(int argc, char **argv)
 
 	pcopy_source_opts_init(&so);
 	so.log = log_stderr;
+	if (o.key_file) {
+		rc = tool_read_key(o.key_file, key, sizeof(key), err, sizeof(err));
+		if (rc < 0) {
+			fprintf(stderr, "postcopy-serve: %s\n", err);
+			return 2;
+		}
+		so.psk = key;
+		so.psk_len = (size_t)rc;
+	}
 	if (o.zlib)
 		so.flags |= PCOPY_SOURCE_ZLIB;
 	rc = pcopy_source_create(&s, regions, o.nregions, &so);
@@ -202,10 +222,16 @@ int main(int argc, char **argv)
 	if (!o.quiet)
 		fprintf(stderr, "postcopy-serve: %u region(s), %llu MiB, listening on %s\n",
 			o.nregions, total >> 20, o.listen);
-	fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-	if (fd < 0) {
-		fprintf(stderr, "postcopy-serve: accept: %s\n", strerror(errno));
-		return 1;
+	for (;;) {
+		fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd < 0) {
+			fprintf(stderr, "postcopy-serve: accept: %s\n", strerror(errno));
+			return 1;
+		}
+		if (tool_check_peer_uid(fd, o.peer_uid, err, sizeof(err)) == 0)
+			break;
+		fprintf(stderr, "postcopy-serve: refused: %s\n", err);
+		close(fd);
 	}
 	rc = pcopy_source_start(s, fd);
 	/* Keep listening: the destination's urgent connection, and its resumed
@@ -217,7 +243,10 @@ int main(int argc, char **argv)
 		if (poll(&pfd, 1, 250) == 1) {
 			int extra = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
 
-			if (extra >= 0 && pcopy_source_add_conn(s, extra) < 0 && !o.quiet)
+			if (extra >= 0 && tool_check_peer_uid(extra, o.peer_uid, err, sizeof(err)) < 0) {
+				fprintf(stderr, "postcopy-serve: refused: %s\n", err);
+				close(extra);
+			} else if (extra >= 0 && pcopy_source_add_conn(s, extra) < 0 && !o.quiet)
 				fprintf(stderr, "postcopy-serve: refused a connection\n");
 		}
 		pcopy_source_stats(s, &st);

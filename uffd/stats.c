@@ -101,6 +101,9 @@ int pcopy_dest_stats(struct pcopy_dest *d, struct pcopy_stats *st)
 	st->duplicates = LD(d->st.duplicates);
 	st->wakes = LD(d->st.wakes);
 	st->copy_retries = LD(d->st.copy_retries);
+	st->breaks = LD(d->st.breaks);
+	st->resent_pages = LD(d->st.resent_pages);
+	st->urgent_pages = LD(d->st.urgent_pages);
 	st->lat_samples = LD(d->st.lat.samples);
 	st->lat_p50_ns = dest_hist_quantile(&d->st.lat, 0.50);
 	st->lat_p99_ns = dest_hist_quantile(&d->st.lat, 0.99);
