@@ -368,7 +368,9 @@ static int fake_poll_msg(struct fake *f, int timeout_ms)
 		f->req_msgs++;
 		for (i = 0; i < h.count; i++) {
 			f->req_entries++;
-			f->reqd[req[i].region][req[i].offset / f->ps[req[i].region]] = 1;
+			/* atomic: test_remove watches it from its thread */
+			__atomic_store_n(&f->reqd[req[i].region][req[i].offset / f->ps[req[i].region]],
+					 1, __ATOMIC_RELAXED);
 			if (req[i].count * TP != f->ps[req[i].region] ||
 			    req[i].offset % f->ps[req[i].region])
 				FAKE_FAIL(f);	/* one whole host page per entry */
@@ -2421,14 +2423,16 @@ START_TEST(test_urgent)
 	u.offer = FEAT_ALL;
 	fake_run(&u);
 	ck_assert_int_eq(pcopy_dest_add_urgent(d, ufd), 0);
-	tt = (struct toucher){ .m = m, .nreg = NREG, .order = 7 };
+	/* region 0 only: region 1 needs the main connection to complete */
+	tt = (struct toucher){ .m = m, .nreg = 1, .order = 7 };
 	ck_assert_int_eq(pthread_create(&tt.thr, NULL, toucher_main, &tt), 0);
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ts.tv_sec += 20;
-	/* everything touched while the main connection sends nothing */
+	/* all of region 0 touched while the main connection sends nothing */
 	ck_assert_int_eq(pthread_timedjoin_np(tt.thr, NULL, &ts), 0);
 	ck_assert_uint_eq(atomic_load(&tt.bad), 0);
-	ck_assert_uint_eq(atomic_load(&tt.touched), (m[0].len + m[1].len) / TP);
+	ck_assert_uint_eq(atomic_load(&tt.touched), m[0].len / TP);
+	ck_assert_int_eq(pcopy_dest_wait(d, 0), -ETIMEDOUT);
 	atomic_store(&f.release, true);
 	ck_assert_int_eq(pcopy_dest_wait(d, 20000), 0);
 	for (i = 0; i < NREG; i++)
@@ -2443,10 +2447,13 @@ START_TEST(test_urgent)
 	ck_assert_int_eq(u.hs_rc, 0);
 	ck_assert_uint_eq(f.req_entries, 0);	/* every REQ went urgent */
 	ck_assert_uint_gt(u.req_entries, 0);
-	ck_assert_uint_eq(st.urgent_pages, st.host_pages_total - 2);
+	/* region 0 came urgently (its first 2 host pages maybe too, if
+	 * touched before they arrived on the main connection) ... */
+	ck_assert_uint_ge(st.urgent_pages, m[0].len / m[0].ps - 2);
+	ck_assert_uint_le(st.urgent_pages, m[0].len / m[0].ps);
 	ck_assert_uint_eq(st.host_pages_received, st.host_pages_total);
-	/* the main connection sent them again after the release: dropped */
-	ck_assert_uint_gt(st.duplicates, 0);
+	/* ... and again on the main one after the release: all dropped */
+	ck_assert_uint_eq(st.duplicates, st.urgent_pages);
 	ck_assert_int_eq(atomic_load(&g_event_err), 0);
 	for (i = 0; i < NREG; i++)
 		mem_free(&m[i]);
@@ -2593,9 +2600,9 @@ START_TEST(test_remove)
 	/* a thread blocks on a page not received, inside the range-to-be */
 	blocked = (struct reader){ .p = m[0].p + blk * ps, .len = ps };
 	ck_assert_int_eq(pthread_create(&blocked.thr, NULL, reader_main, &blocked), 0);
-	for (k = 0; k < 5000 && !f.reqd[0][blk]; k++)
+	for (k = 0; k < 5000 && !__atomic_load_n(&f.reqd[0][blk], __ATOMIC_RELAXED); k++)
 		usleep(1000);
-	ck_assert(f.reqd[0][blk]);
+	ck_assert(__atomic_load_n(&f.reqd[0][blk], __ATOMIC_RELAXED));
 	ck_assert_int_eq(atomic_load(&blocked.done), 0);
 	/* the balloon */
 	ck_assert_int_eq(madvise(m[0].p + r0 * ps, (r1 - r0) * ps,
@@ -2606,7 +2613,7 @@ START_TEST(test_remove)
 	reader_main(&after);
 	ck_assert_uint_eq(after.nonzero, 0);
 	for (hp = r0; hp < r1; hp++)
-		ck_assert_msg(hp == blk || !f.reqd[0][hp], "removed host page %" PRIu64 " requested", hp);
+		ck_assert_msg(hp == blk || !__atomic_load_n(&f.reqd[0][hp], __ATOMIC_RELAXED), "removed host page %" PRIu64 " requested", hp);
 	atomic_store(&f.release, true);
 	ck_assert_int_eq(pcopy_dest_wait(d, 20000), 0);
 	/* zeros stay zeros; the rest is the source's */
@@ -2644,18 +2651,17 @@ static Suite *make_dest_suite(void)
 	Suite *s = suite_create("dest");
 	TCase *tc;
 	/*
-	 * Under valgrind 3.19 every test that starts the runtime hangs: its
-	 * io_uring_enter wrapper is not marked as blocking, so the receiver
-	 * waiting in io_uring_submit_and_wait keeps valgrind's big lock and
-	 * no other thread runs again (liburing issue #657). Threads blocked
-	 * in a userfaultfd page fault hold that lock too. Only the tests that
-	 * never start the library threads run under valgrind.
+	 * Valgrind 3.19 holds its big lock across a blocking io_uring_enter;
+	 * the receiver never makes one (it submits without waiting and sleeps
+	 * in poll()), so the runtime runs under valgrind. A thread blocked in
+	 * a userfaultfd page fault holds that lock too, though, so under
+	 * valgrind only the tests where no thread touches missing memory run.
 	 */
 	bool vg = RUNNING_ON_VALGRIND;
 
 	if (vg)
-		fprintf(stderr, "valgrind: running only the tests that start no library thread "
-			"(valgrind 3.19 holds its big lock across a blocking io_uring_enter)\n");
+		fprintf(stderr, "valgrind: running only the tests where no thread blocks in a "
+			"userfaultfd fault (it would hold valgrind's big lock)\n");
 
 	tc = tcase_create("create");
 	tcase_add_checked_fixture(tc, reset_events, NULL);
@@ -2666,8 +2672,21 @@ static Suite *make_dest_suite(void)
 	tcase_add_loop_test(tc, test_handshake_mismatch, 0, MT_N);
 	tcase_add_test(tc, test_handshake_garbage);
 	suite_add_tcase(s, tc);
-	if (vg)
+	if (vg) {
+		tc = tcase_create("valgrind_runtime");
+		tcase_add_checked_fixture(tc, reset_events, NULL);
+		tcase_set_timeout(tc, 600);
+		tcase_add_loop_test(tc, test_restore_no_toucher, 0, MT_N);
+		tcase_add_loop_test(tc, test_restore_duplicate, 0, MT_N);
+		tcase_add_loop_test(tc, test_bad_input, 0, (int)(MT_N * NBAD));
+		tcase_add_loop_test(tc, test_destroy_mid_restore, 0, MT_N);
+		tcase_add_test(tc, test_resume_deadline);
+		tcase_add_test(tc, test_keepalive);
+		tcase_add_loop_test(tc, test_psk, 0, 4);
+		tcase_add_test(tc, test_urgent_not_offered);
+		suite_add_tcase(s, tc);
 		return s;
+	}
 
 	tc = tcase_create("restore");
 	tcase_add_checked_fixture(tc, reset_events, NULL);

@@ -23,353 +23,13 @@
 #include "postcopy.h"
 #include "proxy.h"
 #include "recovery_lib.h"
+#include "recovery_scen.h"
 #include "testlib.h"
 #include "wire.h"
 
 #define TOUCHERS 3
 #define DEF_MB 16
-#define RUN_LIMIT_MS 45000	/* a restore that takes longer has hung */
 #define NCUTS 28		/* connections with a random cut in (a) */
-
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-static int count_fds(void)
-{
-	int n = 0;
-
-	for (int fd = 0; fd < 4096; fd++)
-		if (fcntl(fd, F_GETFD) >= 0)
-			n++;
-	return n;
-}
-
-/* ---- one scenario ---- */
-
-enum outcome {
-	OUT_COMPLETE = 0,	/* must complete */
-	OUT_COMPLETE_OR_FAIL,	/* complete, or fail cleanly with a message */
-};
-
-struct scen;
-typedef void (*hook_fn)(struct rl_dest *r, struct scen *sc, uint64_t t_ms);
-
-struct scen {
-	const char *name;
-	enum tl_mem mem;
-	bool manual;		/* resume with pcopy_dest_resume, not the callback */
-	bool urgent;		/* add an urgent connection after start */
-	bool zlib;
-	const char *psk;	/* both sides authenticate every connection */
-	unsigned touchers;
-	unsigned nsrc;		/* 2: a standby source for a restart */
-	int dest_keepalive_ms, src_keepalive_ms;
-	int dest_deadline_ms, src_deadline_ms;
-	enum outcome outcome;
-	struct proxy_rule rules[PROXY_RULES_MAX];
-	unsigned nrules;
-	hook_fn hook;		/* called every ~50 ms while the restore runs */
-	uint64_t seed;
-	uint64_t hook_arg;
-	bool hook_done;
-	const char *const *detect;	/* NULL, or up to 3 substrings */
-
-	/* results */
-	int rc;
-	char err[512];
-	struct pcopy_stats st;
-	struct rl_src_result src_res;
-	int src_res_rc;
-	unsigned cuts_fired;
-	unsigned resumes_called, resumes_ok;
-	unsigned long resident;
-	bool detected;		/* a detect substring was logged by either side */
-	bool fail_block;	/* PCOPY_FAIL_BLOCK instead of SIGBUS */
-	uint64_t t_hook;	/* when the hook acted (ms, monotonic) */
-	uint64_t t_end;		/* when the restore ended */
-	_Atomic int events;	/* on_event calls ... */
-	_Atomic int event_err;	/* ... and the last err */
-};
-
-static void add_rule(struct scen *sc, const char *spec)
-{
-	char err[256];
-
-	ck_assert_uint_lt(sc->nrules, PROXY_RULES_MAX);
-	ck_assert_msg(proxy_parse_rule(spec, &sc->rules[sc->nrules], err,
-				       sizeof(err)) == 0, "rule %s: %s", spec, err);
-	sc->nrules++;
-}
-
-static void one_region(struct tl_source_cfg *img, enum tl_mem mem, size_t len)
-{
-	memset(img, 0, sizeof(*img));
-	img->nregions = 1;
-	img->names[0] = "ram";
-	img->lengths[0] = len;
-	img->page_sizes[0] = tl_mem_page_size(mem);
-}
-
-/* Wire bytes the image costs roughly: the non-zero pages (ZERO frames are
- * headers only). Cut positions are spread over it. */
-static uint64_t wire_estimate(const struct tl_source_cfg *img)
-{
-	uint64_t w = 0;
-
-	for (unsigned r = 0; r < img->nregions; r++)
-		for (uint64_t pg = 0; pg < img->lengths[r] / TL_PAGE; pg++)
-			w += tl_page_is_zero(r, pg) ? 32 : TL_PAGE + 32;
-	return w;
-}
-
-static unsigned count_cuts(struct proxy *px)
-{
-	unsigned n = 0, k, conns = proxy_conns(px);
-	struct proxy_conn_stats st;
-
-	for (k = 1; k <= conns; k++)
-		if (proxy_stats(px, k, &st) == 0 &&
-		    (st.dir[PROXY_A2B].cut || st.dir[PROXY_B2A].cut))
-			n++;
-	return n;
-}
-
-static void on_event(void *opaque, int err)
-{
-	struct scen *sc = opaque;
-
-	atomic_store(&sc->event_err, err);
-	atomic_fetch_add(&sc->events, 1);
-}
-
-/*
- * Run one restore as described by sc, with the image img. Fills the result
- * fields of sc; asserts the invariants that hold whatever the outcome: no
- * toucher saw a wrong byte, resident memory is right, nothing leaked.
- * Returns false if skipped.
- */
-static bool run_scen(struct scen *sc, const struct tl_source_cfg *img)
-{
-	struct rl_toucher ts[8];
-	struct rl_dest r;
-	struct pcopy_dest_opts o;
-	char why[256] = "";
-	uintptr_t lo = UINTPTR_MAX, hi = 0;
-	uint64_t t0, end;
-	int fds0, rc;
-	unsigned left;
-
-	memset(&r, 0, sizeof(r));
-	ck_assert_uint_le(sc->touchers, 8);
-	fds0 = count_fds();
-	rc = rl_dest_map(&r, img, sc->mem, sc->name);
-	if (rc == 1)
-		return false;
-	ck_assert_msg(rc == 0, "map: %s", strerror(-rc));
-	rl_log_init(&r.log, sc->name);
-
-	pcopy_dest_opts_init(&o);
-	o.log = rl_log_fn;
-	o.log_opaque = &r.log;
-	o.fail_mode = sc->fail_block ? PCOPY_FAIL_BLOCK : PCOPY_FAIL_SIGBUS;
-	o.on_event = on_event;
-	o.event_opaque = sc;
-	o.resume_deadline_ms = sc->dest_deadline_ms ? sc->dest_deadline_ms : 20000;
-	o.keepalive_ms = sc->dest_keepalive_ms;
-	if (sc->psk) {
-		o.psk = sc->psk;
-		o.psk_len = strlen(sc->psk);
-	}
-	if (!sc->manual) {
-		o.connect = rl_connect;
-		o.connect_opaque = &r;
-	}
-	/* Every child is forked while this process is still single-threaded,
-	 * and before the userfaultfd exists (a child must not hold it open). */
-	r.nsrc = sc->nsrc ? sc->nsrc : 1;
-	for (unsigned i = 0; i < r.nsrc; i++) {
-		struct rl_src_opts so = {
-			.resume_deadline_ms = sc->src_deadline_ms ? sc->src_deadline_ms : 20000,
-			.keepalive_ms = sc->src_keepalive_ms,
-			.zlib = sc->zlib,
-			.psk = sc->psk,
-			.tag = i,
-		};
-
-		rc = rl_src_spawn(img, &so, &r.src[i]);
-		ck_assert_msg(rc == 0, "spawn source: %s", strerror(-rc));
-	}
-
-	rc = pcopy_dest_create(&r.d, r.regions, img->nregions, &o);
-	ck_assert_msg(rc == 0, "dest_create: %s", pcopy_strerror(rc));
-
-	ck_assert_int_eq(proxy_create(&r.px, sc->seed, stderr), 0);
-	for (unsigned i = 0; i < sc->nrules; i++)
-		ck_assert_int_eq(proxy_add_rule(r.px, &sc->rules[i]), 0);
-	ck_assert_int_eq(proxy_start(r.px), 0);
-
-	for (unsigned i = 0; i < img->nregions; i++) {
-		uintptr_t a = (uintptr_t)r.maps[i].addr;
-
-		lo = a < lo ? a : lo;
-		hi = a + img->lengths[i] > hi ? a + img->lengths[i] : hi;
-	}
-	rl_signals_install(lo, hi);
-	rl_touchers_start(ts, sc->touchers, img->nregions, r.regions, true);
-
-	t0 = now_ms();
-	rc = rl_connect(&r, 0);
-	ck_assert_msg(rc >= 0, "connect: %s", strerror(-rc));
-	rc = pcopy_dest_start(r.d, rc);
-	ck_assert_msg(rc == 0, "%s: dest_start: %s: %s", sc->name,
-		      pcopy_strerror(rc), pcopy_dest_error(r.d));
-	if (sc->urgent) {
-		/* the first connection may already be cut (-ENOTCONN: paused):
-		 * try again once the reconnect thread has resumed */
-		for (unsigned tries = 0; tries < 250; tries++) {
-			rc = rl_connect(&r, 1);
-			ck_assert_msg(rc >= 0, "connect urgent: %s", strerror(-rc));
-			rc = pcopy_dest_add_urgent(r.d, rc);
-			if (rc != -ENOTCONN)
-				break;
-			usleep(20000);
-		}
-		ck_assert_msg(rc == 0 || (rc == -EALREADY && pcopy_dest_wait(r.d, 0) == 0),
-			      "%s: add_urgent: %s: %s", sc->name,
-			      pcopy_strerror(rc), pcopy_dest_error(r.d));
-	}
-
-	end = t0 + RUN_LIMIT_MS;
-	for (;;) {
-		rc = pcopy_dest_wait(r.d, 50);
-		/* -ETIMEDOUT is also how a restore ends at its resume deadline:
-		 * only the error message tells the two apart */
-		if (rc != -ETIMEDOUT || pcopy_dest_error(r.d)[0] || now_ms() > end)
-			break;
-		if (sc->hook)
-			sc->hook(&r, sc, now_ms() - t0);
-		if (sc->manual && pcopy_dest_paused(r.d) == 1) {
-			int fd = rl_connect(&r, 0);
-
-			if (fd >= 0) {
-				sc->resumes_called++;
-				if (pcopy_dest_resume(r.d, fd) == 0)
-					sc->resumes_ok++;
-			}
-		}
-	}
-	sc->rc = rc;
-	sc->t_end = now_ms();
-	snprintf(sc->err, sizeof(sc->err), "%s", pcopy_dest_error(r.d));
-	pcopy_dest_stats(r.d, &sc->st);
-	sc->cuts_fired = count_cuts(r.px);
-	fprintf(stderr, "%s: rc %d (%s) after %llu ms; %s; breaks %llu, resent %llu, "
-		"cuts fired %u, connects %u (%u refused), resumes %u/%u\n",
-		sc->name, rc, pcopy_strerror(rc),
-		(unsigned long long)(now_ms() - t0), sc->err,
-		(unsigned long long)sc->st.breaks,
-		(unsigned long long)sc->st.resent_pages, sc->cuts_fired,
-		atomic_load(&r.connects), atomic_load(&r.connect_fails),
-		sc->resumes_ok, sc->resumes_called);
-	ck_assert_msg(rc != -ETIMEDOUT || pcopy_dest_error(r.d)[0],
-		      "%s: restore still running after %d ms "
-		      "(paused %d, %llu/%llu host pages; seed %llu)", sc->name,
-		      RUN_LIMIT_MS, pcopy_dest_paused(r.d),
-		      (unsigned long long)sc->st.host_pages_received,
-		      (unsigned long long)sc->st.host_pages_total,
-		      (unsigned long long)sc->seed);
-
-	if (rc == 0) {
-		left = rl_touchers_join(ts, sc->touchers, 30000);
-		ck_assert_msg(left == 0, "%s: %u touchers still blocked after completion",
-			      sc->name, left);
-		ck_assert_msg(rl_verify_all(&r, why, sizeof(why)) == 0,
-			      "%s: wrong image after restore: %s (seed %llu)",
-			      sc->name, why, (unsigned long long)sc->seed);
-		ck_assert_uint_eq(sc->st.host_pages_received, sc->st.host_pages_total);
-	} else {
-		ck_assert_msg(sc->outcome == OUT_COMPLETE_OR_FAIL,
-			      "%s: restore failed: %s: %s (seed %llu)", sc->name,
-			      pcopy_strerror(rc), sc->err, (unsigned long long)sc->seed);
-		ck_assert_msg(sc->err[0], "%s: failed (%d) without a message",
-			      sc->name, rc);
-		if (sc->fail_block) {
-			/* BLOCK mode: they stay blocked (no zero page) until
-			 * destroy makes the rest PROT_NONE: then SIGSEGV */
-			left = rl_touchers_join(ts, sc->touchers, 500);
-			ck_assert_msg(left > 0, "%s: every toucher returned after the "
-				      "failure in BLOCK mode", sc->name);
-			ck_assert_msg(rl_verify_present(&r, &sc->resident, why,
-							sizeof(why)) == 0,
-				      "%s: wrong byte in received memory: %s",
-				      sc->name, why);
-			pcopy_dest_destroy(r.d);
-			r.d = NULL;
-			left = rl_touchers_join(ts, sc->touchers, 10000);
-			ck_assert_msg(left == 0, "%s: %u touchers still blocked after "
-				      "destroy", sc->name, left);
-			for (unsigned i = 0; i < sc->touchers; i++)
-				ck_assert_msg(ts[i].sig == 0 || ts[i].sig == SIGSEGV,
-					      "%s: toucher %u got signal %d in BLOCK mode",
-					      sc->name, i, ts[i].sig);
-		} else {
-			/* SIGBUS mode: every blocked toucher is released */
-			left = rl_touchers_join(ts, sc->touchers, 10000);
-			ck_assert_msg(left == 0, "%s: %u touchers still blocked %d ms "
-				      "after the failure in SIGBUS mode", sc->name,
-				      left, 10000);
-			ck_assert_msg(rl_verify_present(&r, &sc->resident, why,
-							sizeof(why)) == 0,
-				      "%s: wrong byte in received memory: %s",
-				      sc->name, why);
-		}
-	}
-	/* the event callback ran exactly once, with the result */
-	ck_assert_msg(atomic_load(&sc->events) == 1, "%s: %d event callbacks",
-		      sc->name, atomic_load(&sc->events));
-	ck_assert_msg(atomic_load(&sc->event_err) == rc, "%s: event said %d, wait %d",
-		      sc->name, atomic_load(&sc->event_err), rc);
-	for (unsigned i = 0; i < sc->touchers; i++)
-		ck_assert_msg(ts[i].bad == 0, "%s: toucher %u saw %lu wrong pages; "
-			      "first %s (seed %llu)", sc->name, i, ts[i].bad,
-			      ts[i].first_bad, (unsigned long long)sc->seed);
-
-	pcopy_dest_destroy(r.d);
-	r.d = NULL;
-	/* the source of the session that ended last reports */
-	{
-		unsigned cur = atomic_load(&r.cur);
-
-		sc->src_res_rc = rl_src_result(&r.src[cur < r.nsrc ? cur : 0],
-					       rc == 0 ? 15000 : 3000, &sc->src_res);
-		if (sc->src_res_rc == 0)
-			fprintf(stderr, "%s: source: rc %d conns %d add_errors %d%s%s %s\n",
-				sc->name, sc->src_res.rc, sc->src_res.conns,
-				sc->src_res.add_errors,
-				sc->src_res.add_msg[0] ? " first: " : "",
-				sc->src_res.add_msg, sc->src_res.msg);
-	}
-	for (unsigned i = 0; sc->detect && i < 3 && sc->detect[i]; i++)
-		if (rl_log_has(&r.log, sc->detect[i]) ||
-		    strcasestr(sc->err, sc->detect[i]) ||
-		    strcasestr(sc->src_res.log, sc->detect[i]))
-			sc->detected = true;
-	if (rc == 0) {
-		ck_assert_msg(sc->src_res_rc == 0, "%s: source child gave no result (%d)",
-			      sc->name, sc->src_res_rc);
-		ck_assert_msg(sc->src_res.rc == 0, "%s: source ended with %s: %s",
-			      sc->name, pcopy_strerror(sc->src_res.rc), sc->src_res.msg);
-	}
-	rl_dest_fini(&r);
-	rl_log_fini(&r.log);
-	ck_assert_int_eq(count_fds(), fds0);
-	return true;
-}
 
 static const char *mem_tag(enum tl_mem m)
 {
@@ -405,7 +65,7 @@ START_TEST(test_random_cuts)
 	sc.zlib = sc.urgent = _i == 3;
 	sc.psk = _i == 3 ? "correct horse battery staple" : NULL;
 	sc.touchers = TOUCHERS;
-	one_region(&img, sc.mem, rl_test_bytes(DEF_MB));
+	rs_one_region(&img, sc.mem, rl_test_bytes(DEF_MB));
 	if (_i == 4) {
 		img.lengths[0] = rl_test_bytes(DEF_MB) / 2;
 		img.nregions = 3;
@@ -419,7 +79,7 @@ START_TEST(test_random_cuts)
 	sc.seed = rl_seed(name);
 	rng = sc.seed;
 	hello = rl_hello_bytes(&img);
-	w = wire_estimate(&img);
+	w = rs_wire_estimate(&img);
 	/* 28 cuts whose expected sum is ~60% of the stream: they all fire, and
 	 * together reach well into the restore */
 	span = w * 12 / 10 / NCUTS;
@@ -429,16 +89,16 @@ START_TEST(test_random_cuts)
 
 		fprintf(stderr, " %" PRIu64, at);
 		snprintf(spec, sizeof(spec), "b2a:cut@%" PRIu64 ",conn=%u", at, k);
-		add_rule(&sc, spec);
+		rs_add_rule(&sc, spec);
 	}
 	fprintf(stderr, "\n");
 	/* and a few request-direction cuts (whichever comes first fires) */
 	for (k = 2; k <= NCUTS && sc.nrules < PROXY_RULES_MAX; k += 7) {
 		snprintf(spec, sizeof(spec), "a2b:cut@%" PRIu64 ",conn=%u",
 			 hello + rl_rand(&rng) % 2048, k);
-		add_rule(&sc, spec);
+		rs_add_rule(&sc, spec);
 	}
-	if (!run_scen(&sc, &img))
+	if (!rs_run(&sc, &img))
 		return;
 	/* with the urgent connection every other connection is an urgent
 	 * one, which carries little: fewer of its cuts fire */
@@ -450,7 +110,10 @@ START_TEST(test_random_cuts)
 	ck_assert_msg(sc.st.breaks >= sc.cuts_fired * 2 / 3,
 		      "%s: %u cuts but stats.breaks %llu", name, sc.cuts_fired,
 		      (unsigned long long)sc.st.breaks);
-	ck_assert_uint_gt(sc.st.resent_pages + sc.st.host_pages_total, 0);
+	ck_assert_msg(sc.st.resent_pages > 0, "%s: %llu breaks, nothing resent", name,
+		      (unsigned long long)sc.st.breaks);
+	if (sc.urgent)	/* the faults' pages came on the urgent connection */
+		ck_assert_msg(sc.st.urgent_pages > 0, "%s: stats.urgent_pages 0", name);
 }
 END_TEST
 
@@ -471,17 +134,17 @@ START_TEST(test_cuts_in_resume)
 	sc.name = name;
 	sc.manual = _i == 1;
 	sc.touchers = TOUCHERS;
-	one_region(&img, sc.mem, rl_test_bytes(DEF_MB));
+	rs_one_region(&img, sc.mem, rl_test_bytes(DEF_MB));
 	sc.seed = rl_seed(name);
 	rng = sc.seed;
 	hello = rl_hello_bytes(&img);
-	w = wire_estimate(&img);
+	w = rs_wire_estimate(&img);
 
 	for (unsigned round = 0; round < 2; round++) {
 		/* a break in the middle of the stream ... */
 		snprintf(spec, sizeof(spec), "b2a:cut@%" PRIu64 ",conn=%u",
 			 hello + w / 5 + rl_rand(&rng) % (w / 10), k++);
-		add_rule(&sc, spec);
+		rs_add_rule(&sc, spec);
 		/* ... then every resume attempt dies somewhere in its
 		 * handshake: in the source's HELLO, in ours, in the received
 		 * bitmap, right after it, in the first resent frame */
@@ -518,10 +181,10 @@ START_TEST(test_cuts_in_resume)
 					 hello + 1 + rl_rand(&rng) % 4096, k);
 				break;
 			}
-			add_rule(&sc, spec);
+			rs_add_rule(&sc, spec);
 		}
 	}
-	if (!run_scen(&sc, &img))
+	if (!rs_run(&sc, &img))
 		return;
 	ck_assert_msg(sc.cuts_fired >= 12, "%s: only %u cuts fired", name,
 		      sc.cuts_fired);
@@ -560,7 +223,7 @@ START_TEST(test_corrupt)
 	uint64_t seed, rng, at, hello;
 
 	snprintf(name, sizeof(name), "corrupt/%s", cc->name);
-	one_region(&img, TL_MEM_ANON, rl_test_bytes(DEF_MB / 2));
+	rs_one_region(&img, TL_MEM_ANON, rl_test_bytes(DEF_MB / 2));
 	seed = rl_seed(name);
 	hello = rl_hello_bytes(&img);
 	for (unsigned rep = 0; rep < CORRUPT_REPEAT; rep++) {
@@ -577,15 +240,15 @@ START_TEST(test_corrupt)
 		rng = sc.seed;
 		if (cc->off < 0)	/* nearly all of the stream is page payload */
 			at = hello + (64u << 10) +
-			     rl_rand(&rng) % (wire_estimate(&img) / 2);
+			     rl_rand(&rng) % (rs_wire_estimate(&img) / 2);
 		else
 			at = hello + (uint64_t)cc->off;
 		snprintf(spec, sizeof(spec), "%s:flip@%" PRIu64 "=%u,conn=1",
 			 cc->dir == PROXY_A2B ? "a2b" : "b2a", at, cc->mask);
 		fprintf(stderr, "%s #%u: %s\n", name, rep, spec);
-		add_rule(&sc, spec);
+		rs_add_rule(&sc, spec);
 		sc.detect = cc->detect;
-		if (!run_scen(&sc, &img))
+		if (!rs_run(&sc, &img))
 			return;
 		ck_assert_msg(sc.detected, "%s #%u: corruption at byte %llu was not "
 			      "detected: rc %d '%s', breaks %llu, source '%s'", name,
@@ -632,7 +295,7 @@ static void kill_source(struct rl_dest *r, struct scen *sc, uint64_t t)
 	if (r->nsrc > 1)
 		atomic_store(&r->cur, 1);
 	kill(r->src[0].pid, SIGKILL);
-	sc->t_hook = now_ms();
+	sc->t_hook = rs_now_ms();
 }
 
 static const char *const session_words[3] = { "session", NULL, NULL };
@@ -652,14 +315,14 @@ START_TEST(test_source_killed)
 	sc.nsrc = 2;
 	sc.outcome = OUT_COMPLETE_OR_FAIL;
 	sc.dest_deadline_ms = 3000;
-	one_region(&img, sc.mem, rl_test_bytes(DEF_MB));
+	rs_one_region(&img, sc.mem, rl_test_bytes(DEF_MB));
 	sc.seed = rl_seed(name);
 	/* slow the first connection so the kill lands mid-restore */
-	add_rule(&sc, "b2a:throttle=8m,conn=1");
+	rs_add_rule(&sc, "b2a:throttle=8m,conn=1");
 	sc.hook = kill_source;
 	sc.detect = session_words;
-	sc.hook_arg = wire_estimate(&img) / 4;
-	if (!run_scen(&sc, &img))
+	sc.hook_arg = rs_wire_estimate(&img) / 4;
+	if (!rs_run(&sc, &img))
 		return;
 	ck_assert_msg(sc.hook_done, "%s: the restore ended before the kill", name);
 	if (sc.rc == 0) {
@@ -700,12 +363,12 @@ START_TEST(test_deadline)
 	sc.fail_block = _i == 1;
 	sc.outcome = OUT_COMPLETE_OR_FAIL;
 	sc.dest_deadline_ms = deadline;
-	one_region(&img, sc.mem, rl_test_bytes(DEF_MB));
+	rs_one_region(&img, sc.mem, rl_test_bytes(DEF_MB));
 	sc.seed = rl_seed(name);
-	add_rule(&sc, "b2a:throttle=8m,conn=1");
+	rs_add_rule(&sc, "b2a:throttle=8m,conn=1");
 	sc.hook = kill_source;
-	sc.hook_arg = wire_estimate(&img) / 4;
-	if (!run_scen(&sc, &img))
+	sc.hook_arg = rs_wire_estimate(&img) / 4;
+	if (!rs_run(&sc, &img))
 		return;
 	ck_assert_msg(sc.hook_done, "%s: the restore ended before the kill", name);
 	ck_assert_msg(sc.rc < 0, "%s: completed without its source", name);
@@ -764,7 +427,7 @@ START_TEST(test_dest_killed)
 	pid_t dpid;
 	int sv[2], up, rc;
 
-	one_region(&img, TL_MEM_ANON, rl_test_bytes(DEF_MB));
+	rs_one_region(&img, TL_MEM_ANON, rl_test_bytes(DEF_MB));
 	/* the source child must not inherit the destination's socket, or
 	 * killing the destination would not close it */
 	ck_assert_int_eq(rl_src_spawn(&img, &so, &src), 0);
@@ -785,18 +448,18 @@ START_TEST(test_dest_killed)
 	ck_assert_int_eq(proxy_attach(px, sv[1], up), 1);
 
 	/* kill once pages are flowing */
-	t_kill = now_ms() + 20000;
-	while (now_ms() < t_kill) {
+	t_kill = rs_now_ms() + 20000;
+	while (rs_now_ms() < t_kill) {
 		if (proxy_stats(px, 1, &st) == 0 &&
 		    st.dir[PROXY_B2A].bytes_out >= (512u << 10))
 			break;
 		usleep(10000);
 	}
 	ck_assert_uint_ge(st.dir[PROXY_B2A].bytes_out, 512u << 10);
-	t_kill = now_ms();
+	t_kill = rs_now_ms();
 	kill(dpid, _i == 1 ? SIGSTOP : SIGKILL);
 	rc = rl_src_result(&src, deadline + keepalive * 3 + 10000, &res);
-	t_end = now_ms();
+	t_end = rs_now_ms();
 	kill(dpid, SIGKILL);
 	waitpid(dpid, NULL, 0);
 	proxy_destroy(px);
@@ -834,6 +497,38 @@ START_TEST(test_dest_killed)
 }
 END_TEST
 
+/* ---- the last message lost: DONE never reaches the source ---- */
+
+/*
+ * The destination has every page and sends DONE; the connection breaks
+ * right before DONE gets through (_i 0) or inside it (_i 1). The restore is
+ * complete, so the source must end with success too, not sit paused until
+ * its resume deadline and then report a failure.
+ */
+START_TEST(test_done_lost)
+{
+	struct tl_source_cfg img;
+	struct scen sc;
+	char name[64], spec[96];
+
+	memset(&sc, 0, sizeof(sc));
+	sc.mem = TL_MEM_ANON;
+	snprintf(name, sizeof(name), "done-lost/%s", _i ? "inside" : "before");
+	sc.name = name;
+	sc.touchers = TOUCHERS;
+	sc.src_deadline_ms = 3000;
+	rs_one_region(&img, sc.mem, rl_test_bytes(DEF_MB / 4));
+	sc.seed = rl_seed(name);
+	snprintf(spec, sizeof(spec), "a2b:cut-frame@%u=0,type=%u,conn=1",
+		 _i ? 10u : 0u, PCOPY_MSG_DONE);
+	rs_add_rule(&sc, spec);
+	if (!rs_run(&sc, &img))
+		return;
+	/* rs_run has checked both ends succeeded */
+	ck_assert_msg(sc.cuts_fired == 1, "%s: the DONE cut did not fire", name);
+}
+END_TEST
+
 /* ---- (f) stalls longer than the keepalive ---- */
 
 /*
@@ -855,34 +550,34 @@ START_TEST(test_stall)
 		 _i == 0 ? "pages" : _i == 1 ? "requests" : "short");
 	sc.name = name;
 	sc.touchers = TOUCHERS;
-	one_region(&img, sc.mem, rl_test_bytes(DEF_MB));
+	rs_one_region(&img, sc.mem, rl_test_bytes(DEF_MB));
 	sc.seed = rl_seed(name);
 	hello = rl_hello_bytes(&img);
-	w = wire_estimate(&img);
+	w = rs_wire_estimate(&img);
 	switch (_i) {
 	case 0:
 		sc.dest_keepalive_ms = 300;
 		sc.src_keepalive_ms = 300;
 		snprintf(spec, sizeof(spec), "b2a:stall@%" PRIu64 "=4000,conn=1",
 			 hello + w / 4);
-		add_rule(&sc, spec);
+		rs_add_rule(&sc, spec);
 		break;
 	case 1:
 		sc.dest_keepalive_ms = 300;
 		sc.src_keepalive_ms = 300;
-		add_rule(&sc, "b2a:throttle=2m,conn=1");
+		rs_add_rule(&sc, "b2a:throttle=2m,conn=1");
 		snprintf(spec, sizeof(spec), "a2b:stall@%" PRIu64 "=4000,conn=1", hello);
-		add_rule(&sc, spec);
+		rs_add_rule(&sc, spec);
 		break;
 	default:
 		sc.dest_keepalive_ms = 2000;
 		sc.src_keepalive_ms = 2000;
 		snprintf(spec, sizeof(spec), "b2a:stall@%" PRIu64 "=100,conn=1",
 			 hello + w / 4);
-		add_rule(&sc, spec);
+		rs_add_rule(&sc, spec);
 		break;
 	}
-	if (!run_scen(&sc, &img))
+	if (!rs_run(&sc, &img))
 		return;
 	if (_i == 2) {
 		ck_assert_msg(sc.st.breaks == 0, "%s: a 100 ms stall broke the "
@@ -948,6 +643,11 @@ static Suite *make_recovery_suite(void)
 	tc = tcase_create("dest-killed");
 	tcase_set_timeout(tc, 120);
 	tcase_add_loop_test(tc, test_dest_killed, 0, 3);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("done-lost");
+	tcase_set_timeout(tc, 120);
+	tcase_add_loop_test(tc, test_done_lost, 0, 2);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("stall");

@@ -107,6 +107,7 @@ struct dest_run {
 	uint64_t hp;		/* first host page */
 	uint32_t n;		/* host pages, 0 = empty */
 	bool zero;		/* UFFDIO_ZEROPAGE run */
+	uint32_t tz;		/* data run: trailing zero pages in it */
 	bool wanted;		/* a page in it was requested: place it now */
 };
 

@@ -218,6 +218,11 @@ static enum recv_end pause_and_wait(struct pcopy_dest *d)
 	uint64_t t0 = pcopy_now_ns(), dl = 0, now;
 	unsigned i;
 
+	/* First, so that a writer stuck on a full socket (the fault thread
+	 * holding wlock) gets EPIPE and lets go. */
+	for (i = 0; i < DEST_NCONN; i++)
+		if (d->conn[i].fd >= 0)
+			shutdown(d->conn[i].fd, SHUT_RDWR);
 	pthread_mutex_lock(&d->lock);
 	pthread_mutex_lock(&d->wlock);
 	for (i = 0; i < DEST_NCONN; i++) {
@@ -240,9 +245,6 @@ static enum recv_end pause_and_wait(struct pcopy_dest *d)
 	pthread_cond_broadcast(&d->rc_cond);
 	pthread_mutex_unlock(&d->lock);
 
-	for (i = 0; i < DEST_NCONN; i++)
-		if (d->conn[i].fd >= 0)
-			shutdown(d->conn[i].fd, SHUT_RDWR);
 	drain_recvs(d);
 	for (i = 0; i < DEST_NCONN; i++)
 		conn_drop(d, &d->conn[i]);
