@@ -497,6 +497,33 @@ START_TEST(test_dest_killed)
 }
 END_TEST
 
+/* ---- a slow urgent connection: END on the main one overtakes it ---- */
+
+/*
+ * Requested pages go out on the urgent connection (here throttled to a
+ * trickle) while the main one finishes the background and sends END: the
+ * destination must wait for the pages still on their way, not call END a
+ * protocol error.
+ */
+START_TEST(test_urgent_slow)
+{
+	struct tl_source_cfg img;
+	struct scen sc;
+
+	memset(&sc, 0, sizeof(sc));
+	sc.mem = TL_MEM_ANON;
+	sc.name = "urgent-slow";
+	sc.touchers = TOUCHERS;
+	sc.urgent = true;
+	rs_one_region(&img, sc.mem, rl_test_bytes(DEF_MB / 4));
+	sc.seed = rl_seed(sc.name);
+	rs_add_rule(&sc, "b2a:throttle=64k,conn=2");
+	if (!rs_run(&sc, &img))
+		return;
+	ck_assert_uint_gt(sc.st.urgent_pages, 0);
+}
+END_TEST
+
 /* ---- the last message lost: DONE never reaches the source ---- */
 
 /*
@@ -643,6 +670,11 @@ static Suite *make_recovery_suite(void)
 	tc = tcase_create("dest-killed");
 	tcase_set_timeout(tc, 120);
 	tcase_add_loop_test(tc, test_dest_killed, 0, 3);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("urgent-slow");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, test_urgent_slow);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("done-lost");
