@@ -257,6 +257,7 @@ static enum recv_end handle_msg(struct pcopy_dest *d, struct dest_conn *c,
 {
 	char err[PCOPY_ERRMSG_MAX], text[PCOPY_ERROR_TEXT_MAX + 1];
 	int rc, errnum;
+	bool urgent;
 
 	if (h->type == PCOPY_MSG_PAGE)
 		return handle_page(d, c, hb, h, payload);
@@ -274,6 +275,21 @@ static enum recv_end handle_msg(struct pcopy_dest *d, struct dest_conn *c,
 			return RECV_STOP;
 		if (c->idx == DEST_URGENT)
 			return bad(d, c, -EPROTO, "END on the urgent connection");
+		/*
+		 * The source marks a page sent when its urgent thread answers a
+		 * request, and may then send END on the main connection before
+		 * we have read that answer from the urgent one: the two sockets
+		 * are not ordered. Those pages are still on their way.
+		 */
+		pthread_mutex_lock(&d->lock);
+		urgent = d->wfd[DEST_URGENT] >= 0;	/* in use, or handed off */
+		pthread_mutex_unlock(&d->lock);
+		if (urgent) {
+			pcopy_log(&d->log, PCOPY_LOG_DEBUG,
+				  "END with %" PRIu64 " host pages still on the urgent connection",
+				  dest_missing(d));
+			return RECV_GO;
+		}
 		dest_fail(d, -EPROTO,
 			  "source ended the stream with %" PRIu64 " host pages never sent",
 			  dest_missing(d));
