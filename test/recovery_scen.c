@@ -179,9 +179,16 @@ bool rs_run(struct scen *sc, const struct tl_source_cfg *img)
 				break;
 			usleep(20000);
 		}
-		ck_assert_msg(rc == 0 || (rc == -EALREADY && pcopy_dest_wait(r.d, 0) == 0),
-			      "%s: add_urgent: %s: %s", sc->name,
-			      pcopy_strerror(rc), pcopy_dest_error(r.d));
+		/* A cut may also land inside the urgent handshake itself: the
+		 * restore then goes on without it (or the reconnect thread adds
+		 * it back); it must still complete with every byte right. */
+		if (rc == -ECONNRESET || rc == -EPIPE || rc == -ETIMEDOUT)
+			fprintf(stderr, "%s: urgent handshake cut (%s); continuing\n",
+				sc->name, pcopy_strerror(rc));
+		else
+			ck_assert_msg(rc == 0 || (rc == -EALREADY && pcopy_dest_wait(r.d, 0) == 0),
+				      "%s: add_urgent: %s: %s", sc->name,
+				      pcopy_strerror(rc), pcopy_dest_error(r.d));
 	}
 
 	end = t0 + RUN_LIMIT_MS;
