@@ -88,6 +88,23 @@ if command -v valgrind >/dev/null; then
 	done
 fi
 
+# libFuzzer: each harness (frame decoder, HELLO, REQ, whole handshake) for a
+# bounded time from the checked-in corpus; a crash or a broken invariant fails.
+fuzz_secs=${PCOPY_FUZZ_SECONDS:-30}
+if [ "$fuzz_secs" -gt 0 ] && command -v clang >/dev/null; then
+	echo "== fuzz ($fuzz_secs s per harness)"
+	for h in frame hello req handshake; do
+		log="$top/build/test/fuzz-$h.log"
+		if FUZZ_OUT="$top/build/fuzz" sh "$top/test/fuzz.sh" "$fuzz_secs" "$h" >"$log" 2>&1; then
+			passed=$((passed + 1))
+			grep -h "executions" "$log" | tail -1
+		else
+			failed=$((failed + 1)); status=1
+			echo "--- fuzz $h"; tail -20 "$log"
+		fi
+	done
+fi
+
 [ $failed -eq 0 ] || status=1
 echo "$passed passed, $failed failed, $skipped skipped"
 exit $status
