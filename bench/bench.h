@@ -32,7 +32,18 @@ enum b_run {
 	RUN_RAW   = 1u << 1,
 	RUN_NAIVE = 1u << 2,
 	RUN_LIB   = 1u << 3,
-	RUN_ALL   = 0xfu,
+	RUN_LIB_NOURG = 1u << 4,	/* ablation: no urgent connection */
+	RUN_LIB_NOBG  = 1u << 5,	/* ablation: no background stream */
+	RUN_ALL   = 0x3fu,
+};
+
+/* The library runs: as shipped (urgent connection + background stream), and
+ * issue 3's baseline 4, each of the two switched off. */
+enum b_lib_variant {
+	LIBV_FULL = 0,			/* "lib" */
+	LIBV_NOURG,			/* "lib_nourg": one connection only */
+	LIBV_NOBG,			/* "lib_nobg": PCOPY_SOURCE_NO_BACKGROUND */
+	LIBV_COUNT
 };
 
 struct b_opts {
@@ -160,6 +171,8 @@ struct ctl_done {
 
 #define CTL_F_SOURCE_FILE 1u
 #define CTL_F_SRC_NODELAY 2u	/* TCP_NODELAY on the server's data socket */
+#define CTL_F_NO_URGENT   4u	/* source: PCOPY_SOURCE_NO_URGENT */
+#define CTL_F_NO_BG       8u	/* source: PCOPY_SOURCE_NO_BACKGROUND */
 
 /* Serve sessions on listening socket lfd until QUIT or EOF. Returns exit
  * status for the process. */
@@ -167,7 +180,7 @@ int b_serve(int lfd, const struct b_opts *o);
 /* Client: open a session of `kind` on the server (control connection, then
  * the data connection, once the server has its image ready). */
 int ctl_open(const struct b_addr *srv, enum ctl_kind kind, const struct b_opts *o,
-	     int *ctl_fd, int *data_fd);
+	     uint32_t flags, int *ctl_fd, int *data_fd);
 /* Client: after the data connection is done with, read the server's figures. */
 int ctl_finish(int ctl_fd, struct ctl_done *done);
 /* Client: tell the server to exit. */
@@ -228,6 +241,7 @@ struct b_result {
 	double lib_p99_us;
 	double cdf_us[22];		/* latency at b_cdf_q[] */
 	bool has_cdf;
+	bool incomplete;		/* lib_nobg hot: never completes by design */
 	char note[160];
 	char dst_threads[256], src_threads[256];
 };
@@ -245,12 +259,14 @@ int run_naive(const struct b_opts *o, int file_fd, enum b_order ord,
 	      struct b_result *r);
 int run_raw(const struct b_opts *o, const struct b_addr *srv, struct b_result *r);
 int run_lib(const struct b_opts *o, const struct b_addr *srv, enum b_order ord,
-	    struct b_result *r);
+	    enum b_lib_variant v, struct b_result *r);
 
 /* server sides */
 int serve_raw(int fd, const uint8_t *image, size_t len, uint64_t *served);
-int serve_lib(int fd, const uint8_t *image, size_t len, int file_fd,
-	      struct ctl_done *done);
+/* lfd: the listening socket, kept accepting during the session (the
+ * destination's urgent connection joins there); flags: CTL_F_*. */
+int serve_lib(int lfd, int fd, const uint8_t *image, size_t len, int file_fd,
+	      uint32_t flags, struct ctl_done *done);
 
 /* ---- small userfaultfd helpers (buffd.c) ---- */
 

@@ -95,9 +95,9 @@ static int serve_session(int lfd, int ctl, struct server_image *im)
 		close(fd);
 	} else {
 		/* The library owns fd from here on. */
-		done.rc = serve_lib(fd, im->mem, im->len,
+		done.rc = serve_lib(lfd, fd, im->mem, im->len,
 				    (rq.flags & CTL_F_SOURCE_FILE) ? im->file_fd : -1,
-				    &done);
+				    rq.flags, &done);
 	}
 	done.cpu_ns = b_proc_cpu_ns() - c0;
 	done.mem_overhead = b_vm_hwm() > base ? b_vm_hwm() - base : 0;
@@ -134,13 +134,13 @@ int b_serve(int lfd, const struct b_opts *o)
 }
 
 int ctl_open(const struct b_addr *srv, enum ctl_kind kind, const struct b_opts *o,
-	     int *ctl_fd, int *data_fd)
+	     uint32_t flags, int *ctl_fd, int *data_fd)
 {
 	struct ctl_req rq = {
 		.magic = CTL_MAGIC,
 		.kind = kind,
 		.image_bytes = o->image_bytes,
-		.flags = (o->source_file ? CTL_F_SOURCE_FILE : 0) |
+		.flags = flags | (o->source_file ? CTL_F_SOURCE_FILE : 0) |
 			 (o->src_nodelay ? CTL_F_SRC_NODELAY : 0),
 	};
 	struct ctl_done ready;

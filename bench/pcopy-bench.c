@@ -30,7 +30,9 @@ static void usage(FILE *f, const char *argv0)
 		"  -m, --size MIB         image size (default 1024)\n"
 		"  -t, --touchers N       toucher threads (default 2)\n"
 		"  -o, --order LIST       none,seq,random,hot or all (default all)\n"
-		"  -r, --runs LIST        floor,raw,naive,lib or all (default all)\n"
+		"  -r, --runs LIST        floor,raw,naive,lib,nourg,nobg or all (default all;\n"
+		"                         nourg/nobg: the library without its urgent\n"
+		"                         connection / background stream)\n"
 		"  -l, --link NAME        unix | tcp (local server child), or a label\n"
 		"                         for --connect runs: tcp | veth-1g | veth-10g\n"
 		"      --link-gbit X      link rate for the link-utilisation ratio\n"
@@ -72,7 +74,8 @@ static int parse_list(const char *s, const char *const *names, unsigned n,
 static int parse(int argc, char **argv, struct b_opts *o)
 {
 	static const char *const orders[] = { "none", "seq", "random", "hot" };
-	static const char *const runs[] = { "floor", "raw", "naive", "lib" };
+	static const char *const runs[] = { "floor", "raw", "naive", "lib",
+					    "nourg", "nobg" };
 	static const struct option lo[] = {
 		{ "size", required_argument, NULL, 'm' },
 		{ "touchers", required_argument, NULL, 't' },
@@ -125,7 +128,7 @@ static int parse(int argc, char **argv, struct b_opts *o)
 				return -EINVAL;
 			break;
 		case 'r':
-			if (parse_list(optarg, runs, 4, &o->runs) < 0)
+			if (parse_list(optarg, runs, 6, &o->runs) < 0)
 				return -EINVAL;
 			break;
 		case 'l': o->link_name = optarg; break;
@@ -255,7 +258,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "bad address %s\n", o.connect_addr);
 			return 2;
 		}
-	} else if (o.runs & (RUN_RAW | RUN_LIB)) {
+	} else if (o.runs & (RUN_RAW | RUN_LIB | RUN_LIB_NOURG | RUN_LIB_NOBG)) {
 		rc = spawn_server(&o, &srv, &child);
 		if (rc < 0) {
 			fprintf(stderr, "server: %s\n", strerror(-rc));
@@ -308,13 +311,26 @@ int main(int argc, char **argv)
 		if (run_raw(&o, &srv, &res[n++]) < 0)
 			failed++;
 	}
-	if (o.runs & RUN_LIB) {
+	for (int v = 0; v < LIBV_COUNT; v++) {
+		static const unsigned bit[LIBV_COUNT] = { RUN_LIB, RUN_LIB_NOURG,
+							  RUN_LIB_NOBG };
+		static const char *const what[LIBV_COUNT] = {
+			"library", "library without urgent connection",
+			"library without background stream" };
+
+		if (!(o.runs & bit[v]))
+			continue;
 		for (int k = 0; k < ORDER_COUNT; k++) {
 			if (!(o.orders & (1u << k)) || (k != ORDER_NONE && o.touchers == 0))
 				continue;
-			progress(&o, "library", b_order_name((enum b_order)k));
+			/* Without a background stream and without a toucher
+			 * nothing would ever arrive. */
+			if (v == LIBV_NOBG && k == ORDER_NONE)
+				continue;
+			progress(&o, what[v], b_order_name((enum b_order)k));
 			b_warm_memory(o.image_bytes);
-			if (run_lib(&o, &srv, (enum b_order)k, &res[n++]) < 0)
+			if (run_lib(&o, &srv, (enum b_order)k, (enum b_lib_variant)v,
+				    &res[n++]) < 0)
 				failed++;
 		}
 	}

@@ -31,7 +31,7 @@ for link in $(jq -r 'select(.bench=="pcopy") | .link' "$in" | sort -u); do
 			"$in" >"$d/$series.cdf"
 	done
 	# Bars: label and GB/s of every successful run (last one wins per label).
-	jq -r --arg l "$link" 'select(.bench=="pcopy" and .link==$l and .rc==0)
+	jq -r --arg l "$link" 'select(.bench=="pcopy" and .link==$l and .rc==0 and .gbps != null)
 		| "\"\(.run)/\(.order)\" \(.gbps)"' "$in" | awk '!seen[$1]++' >"$d/bars.dat"
 	files=$(cd "$d" && ls *.cdf 2>/dev/null | tr '\n' ' ')
 	gnuplot -e "link='$link'; dir='$d'; files='$files'; out='$outdir'" "$here/plot.gp"

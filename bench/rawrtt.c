@@ -117,7 +117,7 @@ int run_raw(const struct b_opts *o, const struct b_addr *srv, struct b_result *r
 	rc = b_plan_build(&plan, ORDER_RANDOM, &one);
 	if (rc < 0)
 		goto out_close;
-	rc = ctl_open(srv, CTL_RAW, o, &ctl, &h.fd);
+	rc = ctl_open(srv, CTL_RAW, o, 0, &ctl, &h.fd);
 	if (rc < 0)
 		goto out_plan;
 	c0 = b_proc_cpu_ns();
