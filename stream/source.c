@@ -628,10 +628,26 @@ const char *pcopy_source_error(struct pcopy_source *s)
  */
 void pcopy_source_destroy(struct pcopy_source *s)
 {
+	bool done;
+
 	if (!s)
 		return;
 	if (s->main.started || s->sender_started)
 		src_end(s, -ECANCELED, false, "source destroyed");
+	/* After DONE the sender echoes it (without blocking) and exits: let
+	 * it do so before the connections go down. Bounded: it may still be
+	 * in a write the destination does not read any more. */
+	pthread_mutex_lock(&s->lock);
+	done = s->state == SRC_DONE;
+	pthread_mutex_unlock(&s->lock);
+	if (done && s->sender_started) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += 1;
+		if (pthread_timedjoin_np(s->sender, NULL, &ts) == 0)
+			s->sender_started = false;
+	}
 	pthread_mutex_lock(&s->lock);
 	shutdown_conns(s);
 	pthread_mutex_unlock(&s->lock);

@@ -570,6 +570,23 @@ static void notify_peer(struct pcopy_source *s, int fd)
 }
 
 /*
+ * The session ended with the destination's DONE: send DONE back, so that it
+ * knows we saw it (a DONE lost in a break would otherwise leave us paused
+ * until the resume deadline). Never blocks: the sender is the only writer
+ * now, and a peer that does not read anymore does not need it.
+ */
+static void echo_done(int fd)
+{
+	struct wire_hdr h = { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_DONE };
+	uint8_t b[PCOPY_WIRE_HDR_SIZE];
+
+	wire_hdr_seal(b, &h, NULL, 0);
+	if (send(fd, b, sizeof(b), MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+		/* gone or not reading: it ends on the EOF instead */
+	}
+}
+
+/*
  * The sender thread: for each live generation of the main connection, run
  * stream(); park between generations (no connection: no spinning). A write
  * that finds the peer gone is left to the reader, which sees the same EOF
@@ -580,6 +597,7 @@ void *src_sender_main(void *arg)
 {
 	struct pcopy_source *s = arg;
 	struct src_tx *tx = s->tx, *rtx = s->rtx;
+	bool done;
 	int err;
 
 	while (next_conn(s, tx)) {
@@ -599,8 +617,11 @@ void *src_sender_main(void *arg)
 	}
 	pthread_mutex_lock(&s->lock);
 	err = s->main.fd;
+	done = s->state == SRC_DONE;
 	pthread_mutex_unlock(&s->lock);
 	notify_peer(s, err);
+	if (done && err >= 0)
+		echo_done(err);
 	/* The session is over: let the destination see EOF now rather than
 	 * at destroy (the fd stays open until then). */
 	if (err >= 0)

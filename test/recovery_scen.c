@@ -301,7 +301,7 @@ bool rs_run(struct scen *sc, const struct tl_source_cfg *img)
 				sc->src_res.add_msg[0] ? " first: " : "",
 				sc->src_res.add_msg, sc->src_res.msg);
 	}
-	for (unsigned i = 0; sc->detect && i < 3 && sc->detect[i]; i++)
+	for (unsigned i = 0; sc->detect && i < 5 && sc->detect[i]; i++)
 		if (rl_log_has(&r.log, sc->detect[i]) ||
 		    strcasestr(sc->err, sc->detect[i]) ||
 		    strcasestr(sc->src_res.log, sc->detect[i]))

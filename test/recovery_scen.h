@@ -43,7 +43,7 @@ struct scen {
 	uint64_t seed;
 	uint64_t hook_arg;
 	bool hook_done;
-	const char *const *detect;	/* NULL, or up to 3 substrings */
+	const char *const *detect;	/* NULL, or up to 5 substrings */
 
 	/* results */
 	int rc;

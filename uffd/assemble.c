@@ -33,7 +33,8 @@ static enum recv_end break_v(struct pcopy_dest *d, int err, const char *fmt,
 {
 	vsnprintf(d->break_why, sizeof(d->break_why), fmt, ap);
 	if (dest_missing(d) == 0)
-		return RECV_STOP;
+		/* complete: the receiver decides whether DONE needs re-sending */
+		return d->done_acked ? RECV_STOP : RECV_BREAK;
 	if ((d->flags & PCOPY_DEST_NO_RESUME) || !(d->features & PCOPY_FEAT_RESUME)) {
 		dest_fail(d, err, "%s", d->break_why);
 		return RECV_FAIL;
@@ -272,7 +273,8 @@ static enum recv_end handle_msg(struct pcopy_dest *d, struct dest_conn *c,
 		if (c->run.n && place_run(d, c) < 0)
 			return RECV_FAIL;
 		if (dest_missing(d) == 0)
-			return RECV_STOP;
+			/* keep reading for the echo of our DONE (section 8) */
+			return RECV_GO;
 		if (c->idx == DEST_URGENT)
 			return bad(d, c, -EPROTO, "END on the urgent connection");
 		/*
@@ -294,6 +296,14 @@ static enum recv_end handle_msg(struct pcopy_dest *d, struct dest_conn *c,
 			  "source ended the stream with %" PRIu64 " host pages never sent",
 			  dest_missing(d));
 		return RECV_FAIL;
+	case PCOPY_MSG_DONE:
+		if (c->idx == DEST_URGENT || dest_missing(d) != 0)
+			return bad(d, c, -EPROTO,
+				   "unexpected DONE from the source on the %s connection (%" PRIu64 " host pages missing)",
+				   c->idx == DEST_URGENT ? "urgent" : "main",
+				   dest_missing(d));
+		d->done_acked = true;	/* the source has seen our DONE */
+		return RECV_STOP;
 	case PCOPY_MSG_ERROR:
 		rc = wire_error_decode(payload, h->length, &errnum, text,
 				       sizeof(text));

@@ -599,10 +599,24 @@ static void protect_unreceived(struct pcopy_dest *d)
 /* Accepts NULL. Caller's thread, never a library callback. */
 void pcopy_dest_destroy(struct pcopy_dest *d)
 {
+	bool linger;
 	unsigned i;
 
 	if (!d)
 		return;
+	/* Complete: the receiver may still be making sure the source saw
+	 * our DONE; it gives up after handshake_timeout_ms by itself. */
+	pthread_mutex_lock(&d->lock);
+	linger = d->recv_thr_on && d->done && d->result == 0;
+	pthread_mutex_unlock(&d->lock);
+	if (linger) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += d->handshake_timeout_ms / 1000 + 1;
+		if (pthread_timedjoin_np(d->recv_thr, NULL, &ts) == 0)
+			d->recv_thr_on = false;
+	}
 	atomic_store(&d->stopping, true);
 	dest_kick(d->stop_efd);
 	pthread_mutex_lock(&d->lock);

@@ -99,6 +99,10 @@ static void send_batch(struct pcopy_dest *d, struct fault_batch *b)
 		return;
 	}
 	wire_req_encode(b->req, b->n, buf);
+	/* Counted first: the answer may be placed (and its latency sampled)
+	 * before dest_send returns here. */
+	DEST_STAT_ADD(d, requests, b->n);
+	DEST_STAT_ADD(d, request_msgs, 1);
 	/* The urgent connection when there is one: its answers do not queue
 	 * behind background data. */
 	rc = dest_send(d, DEST_URGENT, &h, buf, h.length);
@@ -109,8 +113,6 @@ static void send_batch(struct pcopy_dest *d, struct fault_batch *b)
 		pcopy_log(&d->log, PCOPY_LOG_DEBUG,
 			  "sending a request for %u host pages: %s (resent after a resume)",
 			  b->n, strerror(-rc));
-	DEST_STAT_ADD(d, requests, b->n);
-	DEST_STAT_ADD(d, request_msgs, 1);
 	b->n = 0;
 }
 

@@ -190,6 +190,8 @@ struct pcopy_dest {
 	uint8_t *zero;		/* PROT_READ anonymous: reads as zeros, costs nothing */
 	struct codec_zlib *zlib;
 	char break_why[PCOPY_ERRMSG_MAX];	/* why the current pause began */
+	bool done_acked;	/* the source echoed our DONE */
+	uint64_t linger_until;	/* complete: wait for the echo until (ns) */
 
 	_Atomic uint64_t received;	/* host pages received, all regions */
 	_Atomic bool failed;	/* the restore failed; fault thread checks it */
@@ -281,6 +283,10 @@ void *dest_reconnect_main(void *arg);
 /* Our HELLO for a connection of this kind. */
 void dest_hello_for(const struct pcopy_dest *d, uint32_t kind,
 		    struct wire_hello *h);
+/* After completion, the connection broke before the source echoed DONE:
+ * connect (opts.connect), RESUME handshake, the (full) received bitmap,
+ * DONE again. Returns the new main fd, or -errno. Receiver thread. */
+int dest_relink(struct pcopy_dest *d);
 
 /* ---- fault.c / receiver.c ---- */
 

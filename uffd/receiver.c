@@ -122,14 +122,40 @@ static int queue_recv(struct pcopy_dest *d, struct dest_conn *c)
 	return 0;
 }
 
+/* Forget everything about connection c (its fd is already shut down). */
+static void conn_drop(struct pcopy_dest *d, struct dest_conn *c);
+
+/* Complete, and the urgent connection ended: close it (no recv is in flight
+ * on it: its last one just completed). Receiver thread. */
+static void urgent_drop(struct pcopy_dest *d)
+{
+	struct dest_conn *c = &d->conn[DEST_URGENT];
+
+	pthread_mutex_lock(&d->wlock);
+	if (d->wfd[DEST_URGENT] == c->fd)
+		d->wfd[DEST_URGENT] = -1;
+	pthread_mutex_unlock(&d->wlock);
+	if (c->fd >= 0)
+		shutdown(c->fd, SHUT_RDWR);
+	conn_drop(d, c);
+}
+
 /* The stream of c ended (res 0 = EOF, or -errno). */
 static enum recv_end conn_ended(struct pcopy_dest *d, struct dest_conn *c, int res)
 {
 	const char *which = c->idx == DEST_URGENT ? "urgent connection" : "connection";
 	bool mid = c->tail != c->head || c->cur.active;
 
+	if (dest_missing(d) == 0 && c->idx == DEST_URGENT) {
+		/* complete: only the main connection matters now */
+		urgent_drop(d);
+		return RECV_GO;
+	}
 	if (dest_missing(d) == 0)
-		return RECV_STOP;	/* complete: the source may just leave */
+		/* complete: the end, or a DONE to tell again (linger) */
+		return dest_break(d, res ? res : -ECONNRESET,
+				  "connection closed before the source confirmed DONE (%s)",
+				  res ? strerror(-res) : "EOF");
 	if (res == 0 || res == -ECONNRESET || res == -EPIPE)
 		return dest_break(d, -ECONNRESET,
 				  "%s closed by source with %" PRIu64 " host pages missing%s",
@@ -210,16 +236,14 @@ static void take_handoffs(struct pcopy_dest *d)
 	pthread_mutex_unlock(&d->lock);
 }
 
-/* After a break: stop writers, shut both connections down, place what is
- * whole, drop the rest, then wait for a new main connection, the deadline
- * or destroy. Returns RECV_GO once resumed, else why to stop. */
-static enum recv_end pause_and_wait(struct pcopy_dest *d)
+/* Shut every connection down and take it from the writers; close what the
+ * receiver never took. Shuts down before taking d->lock, so that a writer
+ * stuck on a full socket (the fault thread holding wlock) gets EPIPE and
+ * lets go. Call without d->lock; returns with it held. Receiver thread. */
+static void conns_unlink(struct pcopy_dest *d)
 {
-	uint64_t t0 = pcopy_now_ns(), dl = 0, now;
 	unsigned i;
 
-	/* First, so that a writer stuck on a full socket (the fault thread
-	 * holding wlock) gets EPIPE and lets go. */
 	for (i = 0; i < DEST_NCONN; i++)
 		if (d->conn[i].fd >= 0)
 			shutdown(d->conn[i].fd, SHUT_RDWR);
@@ -239,6 +263,85 @@ static enum recv_end pause_and_wait(struct pcopy_dest *d)
 		}
 	}
 	pthread_mutex_unlock(&d->wlock);
+}
+
+/*
+ * Complete, but the main connection broke (or the source went silent)
+ * before the source echoed our DONE: it may never have seen it, and would
+ * wait out its resume deadline and then fail. Resume once more with the
+ * full bitmap and DONE (dest_relink), with backoff, until linger_until or
+ * destroy. Only with RESUME and opts.connect. Returns RECV_GO on the new
+ * main connection, else RECV_STOP. Receiver thread.
+ */
+static enum recv_end linger_relink(struct pcopy_dest *d)
+{
+	unsigned i, backoff = 10;
+	uint64_t now = pcopy_now_ns();
+
+	if (!d->linger_until)
+		d->linger_until = now + (uint64_t)d->handshake_timeout_ms * 1000000ull;
+	conns_unlink(d);
+	atomic_store(&d->paused, 0);	/* complete: nothing to resume for */
+	pthread_mutex_unlock(&d->lock);
+	drain_recvs(d);
+	for (i = 0; i < DEST_NCONN; i++)
+		conn_drop(d, &d->conn[i]);
+	if (d->done_acked || atomic_load(&d->failed) || atomic_load(&d->stopping))
+		return RECV_STOP;
+	if (!d->connect || (d->flags & PCOPY_DEST_NO_RESUME) ||
+	    !(d->features & PCOPY_FEAT_RESUME)) {
+		pcopy_log(&d->log, PCOPY_LOG_DEBUG,
+			  "complete; the connection ended before the source confirmed DONE: %s",
+			  d->break_why);
+		return RECV_STOP;
+	}
+	pcopy_log(&d->log, PCOPY_LOG_INFO,
+		  "complete, but the connection broke before the source confirmed DONE (%s): telling it again",
+		  d->break_why);
+	for (;;) {
+		struct pollfd p = { .fd = d->stop_efd, .events = POLLIN };
+		int fd, left;
+
+		now = pcopy_now_ns();
+		if (now >= d->linger_until)
+			break;
+		fd = dest_relink(d);
+		if (fd >= 0) {
+			pthread_mutex_lock(&d->wlock);
+			d->wfd[DEST_MAIN] = fd;
+			atomic_store(&d->last_tx_ns[DEST_MAIN], pcopy_now_ns());
+			pthread_mutex_unlock(&d->wlock);
+			conn_take(&d->conn[DEST_MAIN], fd);
+			return RECV_GO;
+		}
+		/* A refused handshake: the source has no such session any
+		 * more, so it ended (after our DONE, or failed anyway). */
+		if (fd == -EPROTO || fd == -EACCES || fd == -EBADMSG ||
+		    atomic_load(&d->stopping))
+			return RECV_STOP;
+		now = pcopy_now_ns();
+		if (now >= d->linger_until)
+			break;
+		left = (int)((d->linger_until - now) / 1000000) + 1;
+		if (poll(&p, 1, left < (int)backoff ? left : (int)backoff) > 0)
+			return RECV_STOP;	/* destroy */
+		backoff = backoff * 2 > 1000 ? 1000 : backoff * 2;
+	}
+	pcopy_log(&d->log, PCOPY_LOG_WARN,
+		  "complete, but the source did not confirm DONE within %d ms; it may still fail at its resume deadline",
+		  d->handshake_timeout_ms);
+	return RECV_STOP;
+}
+
+/* After a break: stop writers, shut both connections down, place what is
+ * whole, drop the rest, then wait for a new main connection, the deadline
+ * or destroy. Returns RECV_GO once resumed, else why to stop. */
+static enum recv_end pause_and_wait(struct pcopy_dest *d)
+{
+	uint64_t t0 = pcopy_now_ns(), dl = 0, now;
+	unsigned i;
+
+	conns_unlink(d);
 	atomic_store(&d->paused, 1);
 	d->paused_ns = t0;
 	DEST_STAT_ADD(d, breaks, 1);
@@ -270,8 +373,10 @@ static enum recv_end pause_and_wait(struct pcopy_dest *d)
 		failed = atomic_load(&d->failed);
 		pthread_mutex_unlock(&d->lock);
 		if (fin)
-			/* completed (the missing pages were removed) or failed */
-			return failed ? RECV_PEER_FAIL : RECV_STOP;
+			/* completed (the missing pages were removed) or failed;
+			 * the DONE of a completion while paused went nowhere */
+			return failed ? RECV_PEER_FAIL :
+			       dest_missing(d) == 0 ? RECV_BREAK : RECV_STOP;
 		if (main_fd >= 0) {
 			take_handoffs(d);
 			pcopy_log(&d->log, PCOPY_LOG_INFO, "resumed after %" PRIu64 " ms paused",
@@ -375,12 +480,37 @@ static enum recv_end reap(struct pcopy_dest *d)
 	return e;
 }
 
+/*
+ * Complete: wait for the source's echo of DONE (section 8) on the main
+ * connection, at most handshake_timeout_ms, and only if there is any point
+ * (RESUME negotiated). Returns false when the receiver should stop; else
+ * true with *ms = the time left. Receiver thread.
+ */
+static bool linger_check(struct pcopy_dest *d, int *ms)
+{
+	uint64_t now = pcopy_now_ns();
+
+	if (d->done_acked || (d->flags & PCOPY_DEST_NO_RESUME) ||
+	    !(d->features & PCOPY_FEAT_RESUME) || d->conn[DEST_MAIN].fd < 0)
+		return false;
+	if (!d->linger_until)
+		d->linger_until = now + (uint64_t)d->handshake_timeout_ms * 1000000ull;
+	if (now >= d->linger_until) {
+		pcopy_log(&d->log, PCOPY_LOG_WARN,
+			  "complete, but no DONE from the source within %d ms",
+			  d->handshake_timeout_ms);
+		return false;
+	}
+	*ms = (int)((d->linger_until - now) / 1000000) + 1;
+	return true;
+}
+
 static enum recv_end recv_loop(struct pcopy_dest *d)
 {
 	enum recv_end e = RECV_GO;
 	unsigned i;
 	bool idle;
-	int rc, timeout = -1;
+	int rc, timeout = -1, linger_ms = -1;
 
 	for (;;) {
 		struct pollfd p[3] = {
@@ -389,10 +519,12 @@ static enum recv_end recv_loop(struct pcopy_dest *d)
 			{ .fd = d->recv_efd, .events = POLLIN },
 		};
 
-		if (e == RECV_BREAK)
-			e = pause_and_wait(d);
+		while (e == RECV_BREAK)
+			e = dest_missing(d) == 0 ? linger_relink(d) : pause_and_wait(d);
 		if (e != RECV_GO)
 			return e;
+		if (dest_missing(d) == 0 && !linger_check(d, &linger_ms))
+			return RECV_STOP;
 		for (i = 0; i < DEST_NCONN; i++) {
 			struct dest_conn *c = &d->conn[i];
 
@@ -418,6 +550,8 @@ static enum recv_end recv_loop(struct pcopy_dest *d)
 		e = keepalive(d, &timeout);
 		if (e != RECV_GO)
 			continue;
+		if (linger_ms >= 0 && (timeout < 0 || linger_ms < timeout))
+			timeout = linger_ms;
 		if (io_uring_cq_ready(&d->ring))
 			continue;
 		if (poll(p, 3, timeout) < 0 && errno != EINTR) {

@@ -236,6 +236,41 @@ out_close:
 	return rc;
 }
 
+/*
+ * Every page is in, DONE went out, but the main connection broke before
+ * the source echoed it: the source may never have seen DONE and would wait
+ * out its resume deadline, then fail. Resume once more with the (full)
+ * received bitmap and send DONE again. Returns the new main fd, or -errno
+ * (the fd is closed). Receiver thread, only with opts.connect.
+ */
+int dest_relink(struct pcopy_dest *d)
+{
+	struct wire_hdr h = { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_DONE };
+	char err[PCOPY_ERRMSG_MAX];
+	int fd, rc;
+
+	fd = d->connect(d->connect_opaque, 0);
+	if (fd < 0)
+		return fd;
+	rc = conn_open(d, fd, PCOPY_CONN_RESUME, err, sizeof(err));
+	if (rc < 0) {
+		pcopy_log(&d->log, PCOPY_LOG_INFO, "re-sending DONE: resume handshake: %s",
+			  err);
+		goto out_close;
+	}
+	rc = send_bitmaps(d, fd);
+	if (!rc)
+		rc = conn_send_msg(fd, &h, NULL, 0);
+	if (rc < 0) {
+		pcopy_log(&d->log, PCOPY_LOG_INFO, "re-sending DONE: %s", strerror(-rc));
+		goto out_close;
+	}
+	return fd;
+out_close:
+	close(fd);
+	return rc;
+}
+
 /* Returns 0, -EALREADY if not paused, or -errno; the restore stays paused
  * after an error. Caller's thread (or the reconnect thread). */
 int pcopy_dest_resume(struct pcopy_dest *d, int fd)
