@@ -791,12 +791,14 @@ START_TEST(test_request_first)
 	ck_assert_msg(pos < 200, "requested page came at position %llu",
 		      (unsigned long long)pos);
 	/* and the scan goes on right after it, behind at most one batch
-	 * (64 KiB: 16 pages) gathered before the request came */
+	 * gathered before the request came: 64 KiB is 16 raw pages, but zero
+	 * pages travel as bare headers, so a batch can hold more of them.
+	 * Without the jump, page want + 1 would come ~2000 pages later. */
 	{
 		uint64_t next;
 
 		ck_assert(pos_of(&ss.d, want + 1, &next));
-		ck_assert_msg(next > pos && next <= pos + 1 + 16,
+		ck_assert_msg(next > pos && next <= pos + 1 + 64,
 			      "request at %llu, the page after it at %llu",
 			      (unsigned long long)pos, (unsigned long long)next);
 	}
