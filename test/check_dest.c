@@ -1303,7 +1303,10 @@ static void check_stats_complete(struct pcopy_dest *d, struct mem *m,
 		ck_assert_uint_gt(st.request_msgs, 0);
 		ck_assert_uint_le(st.request_msgs, st.requests);
 		ck_assert_uint_le(st.requests, hps);
-		ck_assert_uint_le(st.lat_samples, st.requests);
+		/* a sample needs a fault read first; `requests` may still lag:
+		 * the fault thread counts a batch after the receiver may have
+		 * placed one of its pages from the background stream */
+		ck_assert_uint_le(st.lat_samples, st.faults);
 		ck_assert_uint_gt(st.lat_samples, 0);
 		ck_assert_uint_le(st.lat_p50_ns, st.lat_p99_ns);
 		ck_assert_uint_le(st.lat_p99_ns, st.lat_p999_ns);
