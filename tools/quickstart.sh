@@ -11,7 +11,7 @@ cd "$top"
 what=${1:-}
 case "$what" in demo|test) ;; *) echo "usage: $0 demo|test" >&2; exit 2 ;; esac
 
-packages="build-essential autoconf automake libtool pkg-config liburing-dev zlib1g-dev check valgrind clang libjson-c-dev"
+packages="build-essential autoconf automake libtool pkg-config liburing-dev zlib1g-dev check valgrind clang libclang-rt-14-dev libjson-c-dev python3"
 missing=""
 for p in $packages; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
