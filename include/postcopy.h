@@ -287,6 +287,23 @@ struct pcopy_source_region {
 						requested) */
 #define PCOPY_SOURCE_NO_URGENT     (1u << 2) /* do not offer the urgent connection */
 #define PCOPY_SOURCE_NO_RESUME     (1u << 3) /* a break ends the session at once */
+#define PCOPY_SOURCE_NO_PACING     (1u << 4) /* keep the system's congestion
+						control and socket buffers and let
+						the background stream fill the
+						path (by default, on TCP, the main
+						connection uses BBR and keeps at
+						most ~200 us of the link's rate
+						queued, so that requested pages do
+						not wait behind it; on a Unix
+						socket, a 64 KiB send buffer) */
+#define PCOPY_SOURCE_ADOPT         (1u << 5) /* a restarted source: if the first
+						connection is a RESUME, adopt that
+						session (its id, the destination's
+						received bitmap, its pending
+						requests) instead of refusing it.
+						Only the region table is checked:
+						the caller promises the image is
+						the one the session started with */
 
 struct pcopy_source_opts {
 	size_t size;			/* sizeof(struct pcopy_source_opts) */

@@ -165,7 +165,8 @@ int pcopy_source_create(struct pcopy_source **sp,
 		return -EINVAL;
 	}
 	if (o.flags & ~(unsigned)(PCOPY_SOURCE_ZLIB | PCOPY_SOURCE_NO_BACKGROUND |
-				  PCOPY_SOURCE_NO_URGENT | PCOPY_SOURCE_NO_RESUME) ||
+				  PCOPY_SOURCE_NO_URGENT | PCOPY_SOURCE_NO_RESUME |
+				  PCOPY_SOURCE_NO_PACING | PCOPY_SOURCE_ADOPT) ||
 	    o.zlib_level < 0 || o.zlib_level > 9) {
 		pcopy_log(&lg, PCOPY_LOG_ERROR,
 			  "pcopy_source_create: bad options (flags 0x%x, zlib_level %d)",
@@ -310,6 +311,11 @@ void src_end(struct pcopy_source *s, int err, bool notify, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	/* pcopy_source_wait's -ETIMEDOUT means "your timeout passed": a
+	 * session that ended because the peer went silent or did not come
+	 * back in time says so with its own errno */
+	if (err == -ETIMEDOUT)
+		err = -ENOLINK;
 
 	pthread_mutex_lock(&s->lock);
 	if (s->state == SRC_DONE || s->state == SRC_FAILED) {
@@ -425,6 +431,8 @@ int pcopy_source_start(struct pcopy_source *s, int fd)
 	struct conn_hs_params hp;
 	struct wire_hello *peer = NULL;
 	uint32_t features = 0;
+	uint64_t sid = 0, t0;
+	bool adopt = false;
 	int err, lowat = SRC_NOTSENT_LOWAT;
 
 	if (!s || fd < 0) {
@@ -443,7 +451,7 @@ int pcopy_source_start(struct pcopy_source *s, int fd)
 		close(fd);
 		return err;
 	}
-	s->t_start = pcopy_now_ns();
+	s->t_start = t0 = pcopy_now_ns();
 	/* Bound background data queued in the kernel so a requested page does
 	 * not wait behind megabytes of it. Only TCP has this; ignore failure. */
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat,
@@ -455,15 +463,30 @@ int pcopy_source_start(struct pcopy_source *s, int fd)
 		src_end(s, err, false, "pcopy_source_start: %s", strerror(-err));
 		goto out;
 	}
-	s->hello.session_id = session_id(s);
 	memset(&hp, 0, sizeof(hp));
+	hp.timeout_ms = s->opts.handshake_timeout_ms;
+	if ((s->opts.flags & PCOPY_SOURCE_ADOPT) &&
+	    !(s->opts.flags & PCOPY_SOURCE_NO_RESUME)) {
+		/* a restarted source: is this the RESUME of a session? */
+		err = src_adopt_check(s, fd, t0 + (uint64_t)hp.timeout_ms * 1000000ull,
+				      &sid, msg, sizeof(msg));
+		if (err < 0) {
+			src_end(s, err, false, "%s", msg);
+			goto out;
+		}
+		adopt = err == 1;
+		/* one deadline for the look and the handshake */
+		err = (int)((pcopy_now_ns() - t0) / 1000000);
+		hp.timeout_ms = err < hp.timeout_ms ? hp.timeout_ms - err : 1;
+	}
+	s->hello.session_id = adopt ? sid : session_id(s);
 	hp.psk = s->psk;
 	hp.psk_len = s->psk ? s->opts.psk_len : 0;
-	hp.expect_session = 0;
-	hp.timeout_ms = s->opts.handshake_timeout_ms;
+	hp.expect_session = adopt ? sid : 0;
 	err = conn_handshake2(fd, &s->hello, peer, &features, &hp, msg,
 			      sizeof(msg));
-	if (!err && peer->conn_kind != PCOPY_CONN_MAIN) {
+	if (!err && peer->conn_kind !=
+		    (adopt ? PCOPY_CONN_RESUME : PCOPY_CONN_MAIN)) {
 		snprintf(msg, sizeof(msg),
 			 "the destination opened connection kind %u, but a session starts with a MAIN connection",
 			 peer->conn_kind);
@@ -471,7 +494,8 @@ int pcopy_source_start(struct pcopy_source *s, int fd)
 		err = -EPROTO;
 	}
 	if (err) {
-		src_end(s, err, false, "handshake failed: %s",
+		src_end(s, err, false, "%s: %s", adopt ?
+			"adopting a session: handshake failed" : "handshake failed",
 			msg[0] ? msg : pcopy_strerror(err));
 		goto out;
 	}
@@ -484,12 +508,17 @@ int pcopy_source_start(struct pcopy_source *s, int fd)
 		goto out;
 	}
 	pcopy_log(&s->lg, PCOPY_LOG_INFO,
-		  "source: session %016llx, %u regions, %llu host pages, zlib %s, urgent %s, resume %s",
+		  "source: %ssession %016llx, %u regions, %llu host pages, zlib %s, urgent %s, resume %s",
+		  adopt ? "adopting " : "",
 		  (unsigned long long)s->hello.session_id, s->n,
 		  (unsigned long long)s->total_pages,
 		  s->features & PCOPY_FEAT_ZLIB ? "on" : "off",
 		  s->features & PCOPY_FEAT_URGENT ? "offered" : "off",
 		  s->features & PCOPY_FEAT_RESUME ? "on" : "off");
+	if (adopt) {
+		err = src_adopt(s, fd);
+		goto out;
+	}
 
 	pthread_mutex_lock(&s->lock);
 	if (s->state == SRC_INIT) {

@@ -56,6 +56,7 @@ bool src_queue_nonempty(struct src_queue *q);
 bool src_queue_pop(struct src_queue *q, uint64_t *page);
 int src_queue_wait_pop(struct src_queue *q, uint64_t *page,
 		       uint64_t deadline_ns);
+void src_queue_wait(struct src_queue *q, uint64_t deadline_ns);
 void src_queue_close(struct src_queue *q);
 void src_queue_reset(struct src_queue *q);
 size_t src_queue_capacity(struct src_queue *q);
@@ -136,6 +137,9 @@ struct src_tx {
 	uint64_t host_pages;		/* gathered host pages (stats) */
 	uint64_t last_tx_ns;		/* last successful send */
 	uint64_t flushes;		/* successful flushes so far */
+	bool paced;			/* TCP, pacing on: src_tx_room bounds the background */
+	double bw;			/* TCP delivery rate estimate, bytes/ns */
+	uint64_t rate_t, rate_acked;	/* its window: start, bytes acked then */
 	struct src_window win;
 	struct codec_zlib *zlib;	/* when PCOPY_FEAT_ZLIB was negotiated */
 };
@@ -148,6 +152,9 @@ int src_tx_frame(struct src_tx *tx, uint8_t kind, unsigned ri, size_t off,
 uint8_t *src_tx_arena(struct src_tx *tx, size_t need, int *err);
 int src_tx_flush(struct src_tx *tx);
 int src_tx_simple(struct src_tx *tx, uint8_t type);
+bool src_sockopts(struct pcopy_source *s, int fd, bool urgent);
+size_t src_tx_room(struct src_tx *tx, uint64_t *wait_ns);
+size_t src_link_budget(struct pcopy_source *s);
 void src_rate_init(struct pcopy_source *s);
 int src_rate_wait(struct pcopy_source *s, uint64_t gen, size_t bytes);
 void src_rate_debt(struct pcopy_source *s, size_t bytes);
@@ -236,6 +243,15 @@ struct pcopy_source {
 	uint64_t rate_t;		/* last refill */
 
 	_Atomic uint64_t pages_left;	/* host pages not yet claimed to send */
+	_Atomic uint64_t urg_unsent;	/* host pages the urgent thread claimed
+					   and has not written yet: END waits
+					   for 0 (source_conn.c) */
+	_Atomic uint64_t link_rate;	/* bytes/s the paced main connection
+					   delivers; 0: unknown or not paced */
+	_Atomic uint64_t bg_hint;	/* 1 + global host page where the
+					   background scan goes on (set by the
+					   urgent thread: faults cluster); 0:
+					   none */
 	struct src_counters st;
 };
 
@@ -273,6 +289,13 @@ void src_conn_reap(struct pcopy_source *s, struct src_conn *c);
 /* Resume on fd (handshake done, kind RESUME): source_resume.c. Caller's
  * thread, with conn_lock. */
 int src_resume(struct pcopy_source *s, int fd, char *msg, size_t len);
+/* A restarted source (PCOPY_SOURCE_ADOPT), source_resume.c: may the first
+ * connection's HELLO be adopted (1, *sid), refused (-EPROTO, the peer was
+ * told), or is it for the plain handshake (0)? Then adopt the session on
+ * fd once its RESUME handshake succeeded. Caller's thread, from start. */
+int src_adopt_check(struct pcopy_source *s, int fd, uint64_t deadline,
+		    uint64_t *sid, char *msg, size_t len);
+int src_adopt(struct pcopy_source *s, int fd);
 int src_handle_msg(struct pcopy_source *s, uint64_t gen, int fd,
 		   const struct wire_hdr *h, const uint8_t *buf,
 		   struct wire_req *reqs);

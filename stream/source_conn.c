@@ -24,6 +24,13 @@
  * beyond this an absurd entry costs the peer nothing but its own bandwidth
  * for pages it has not had yet. */
 #define URGENT_RESEND_MAX 64u
+/* Readahead on the urgent connection: after a request that continues the
+ * previous ones (within RA_SLACK host pages), the following unsent pages go
+ * out with it, RA_FIRST bytes the first time, doubling up to RA_MAX while
+ * the faults stay sequential; a fault elsewhere sends just its page. */
+#define RA_FIRST (32u << 10)
+#define RA_MAX (256u << 10)
+#define RA_SLACK 16u
 
 static uint64_t now_ns(void)
 {
@@ -222,7 +229,18 @@ struct urgent {
 	struct src_tx *tx;
 	uint8_t *buf;
 	struct wire_req *reqs;
+	uint64_t claimed;		/* pages in urg_unsent, this REQ */
+	/* the sequential run being read ahead, global host pages: requests
+	 * since [run_lo, last_req], pages sent up to ra_end (exclusive) */
+	uint64_t run_lo, last_req, ra_end;
+	size_t ra_bytes;		/* window; 0: the run is one request */
 };
+
+static bool unsent_bit(struct src_region *r, uint64_t p)
+{
+	return atomic_load_explicit(&r->unsent[p / 64], memory_order_relaxed) &
+	       (UINT64_C(1) << (p % 64));
+}
 
 static unsigned region_index(struct pcopy_source *s, const struct wire_req *rq)
 {
@@ -230,21 +248,144 @@ static unsigned region_index(struct pcopy_source *s, const struct wire_req *rq)
 }
 
 /*
+ * Claim host page p of region r for the urgent connection, counting it in
+ * urg_unsent first (the sender waits for that count before END, and must
+ * never see pages_left at 0 without it). Urgent thread.
+ */
+static bool urgent_claim(struct urgent *u, struct src_region *r, uint64_t p)
+{
+	atomic_fetch_add(&u->s->urg_unsent, 1);
+	if (src_claim(u->s, r, p)) {
+		u->claimed++;
+		return true;
+	}
+	atomic_fetch_sub(&u->s->urg_unsent, 1);
+	return false;
+}
+
+/* The pages claimed for this REQ are written (or never will be: the
+ * connection failed): uncount them and wake a sender waiting to send END. */
+static void urgent_written(struct urgent *u)
+{
+	struct pcopy_source *s = u->s;
+
+	if (!u->claimed)
+		return;
+	if (atomic_fetch_sub(&s->urg_unsent, u->claimed) == u->claimed &&
+	    !atomic_load(&s->pages_left)) {
+		pthread_mutex_lock(&s->lock);
+		pthread_cond_broadcast(&s->cond);
+		pthread_mutex_unlock(&s->lock);
+	}
+	u->claimed = 0;
+}
+
+/*
+ * Does a request for global host pages [g, g_last] continue the current run?
+ * Updates the run and the readahead window either way. Urgent thread.
+ */
+static bool urgent_sequential(struct urgent *u, uint64_t g, uint64_t g_last)
+{
+	bool seq = u->ra_end && g + RA_SLACK >= u->run_lo &&
+		   g <= u->ra_end + RA_SLACK;
+
+	if (!seq) {
+		u->run_lo = g;
+		u->ra_end = g_last + 1;
+		u->ra_bytes = 0;
+	} else {
+		u->ra_bytes = !u->ra_bytes ? RA_FIRST :
+			      u->ra_bytes >= RA_MAX / 2 ? RA_MAX :
+			      2 * u->ra_bytes;
+		if (g < u->run_lo)
+			u->run_lo = g;
+	}
+	u->last_req = g_last;
+	return seq;
+}
+
+/* Claim and send the unsent host pages [p, end) of region ri. */
+static int urgent_range(struct urgent *u, unsigned ri, uint64_t p,
+			uint64_t end)
+{
+	struct pcopy_source *s = u->s;
+	struct src_region *r = &s->reg[ri];
+	int err;
+
+	for (; p < end; p++) {
+		if (!unsent_bit(r, p) || !urgent_claim(u, r, p))
+			continue;
+		err = src_send_host_page(u->tx, ri, p);
+		if (err)
+			return err;
+		SRC_STAT_ADD(s, host_pages_sent, 1);
+		SRC_STAT_ADD(s, urgent_pages, 1);
+	}
+	return 0;
+}
+
+/*
+ * The readahead of a sequential run around a request for host pages
+ * [first, last] of region ri: the unsent pages of the run just before it
+ * (up to RA_SLACK: other threads touch them next), then ra_bytes after what
+ * the run already sent, within the region. Returns 0 or -errno. Urgent
+ * thread.
+ */
+static int urgent_readahead(struct urgent *u, unsigned ri, uint64_t first,
+			    uint64_t last)
+{
+	struct src_region *r = &u->s->reg[ri];
+	size_t bytes = u->ra_bytes, budget = src_link_budget(u->s);
+	uint64_t n, p, end;
+	int err;
+
+	/* on a slow path, a large window would queue ahead of the next
+	 * request as the background does: no more than the pacing allows */
+	if (bytes > budget)
+		bytes = budget;
+	n = bytes / r->page_size;
+
+	p = first > RA_SLACK ? first - RA_SLACK : 0;
+	if (u->run_lo > r->first + p)
+		p = u->run_lo - r->first;
+	if ((err = urgent_range(u, ri, p, first)))
+		return err;
+	p = last + 1;
+	if (u->ra_end > r->first + p)
+		p = u->ra_end - r->first;
+	end = p + n < r->npages ? p + n : r->npages;
+	if ((err = urgent_range(u, ri, p, end)))
+		return err;
+	if (r->first + end > u->ra_end)
+		u->ra_end = r->first + end;
+	return 0;
+}
+
+/*
  * Answer one validated REQ entry on the urgent socket: every host page it
  * covers, claimed or not (a copy on the main connection may wait behind its
  * backlog; the destination drops duplicates), up to URGENT_RESEND_MAX
- * already-sent ones. Returns 0 or -errno.
+ * already-sent ones, except those this connection sent itself as part of
+ * the current run (they are ahead of this answer on the same socket); then
+ * the readahead of a sequential run; then point the background scan past
+ * it (faults cluster). Returns 0 or -errno.
  */
 static int urgent_entry(struct urgent *u, const struct wire_req *rq)
 {
 	struct pcopy_source *s = u->s;
 	unsigned ri = region_index(s, rq);
 	struct src_region *r = &s->reg[ri];
-	uint64_t p = rq->offset / r->page_size;
+	uint64_t p = rq->offset / r->page_size, first = p;
 	uint64_t last = (rq->offset + (uint64_t)rq->count * TP - 1) / r->page_size;
+	uint64_t own_lo, own_hi;
 	unsigned resent = 0;
 	int err;
 
+	/* pages of the run this connection sent: [own_lo, own_hi) */
+	own_lo = u->run_lo;
+	own_hi = u->ra_end;
+	if (!urgent_sequential(u, r->first + p, r->first + last))
+		own_hi = own_lo;
 	for (; p <= last; p++) {
 		bool claimed;
 
@@ -258,7 +399,12 @@ static int urgent_entry(struct urgent *u, const struct wire_req *rq)
 			p += 63;
 			continue;
 		}
-		claimed = src_claim(s, r, p);
+		claimed = urgent_claim(u, r, p);
+		if (!claimed && r->first + p >= own_lo &&
+		    r->first + p < own_hi) {
+			SRC_STAT_ADD(s, duplicates, 1);
+			continue;
+		}
 		if (!claimed && resent++ >= URGENT_RESEND_MAX) {
 			SRC_STAT_ADD(s, duplicates, 1);
 			continue;
@@ -271,6 +417,12 @@ static int urgent_entry(struct urgent *u, const struct wire_req *rq)
 		SRC_STAT_ADD(s, urgent_pages, 1);
 		SRC_STAT_ADD(s, requests, 1);
 	}
+	if (u->ra_bytes && (err = urgent_readahead(u, ri, first, last)))
+		return err;
+	atomic_store_explicit(&s->bg_hint,
+			      (u->ra_end > r->first + last + 1 ?
+			       u->ra_end : r->first + last + 1) + 1,
+			      memory_order_relaxed);
 	return 0;
 }
 
@@ -301,9 +453,12 @@ static int urgent_req(struct urgent *u, const struct wire_hdr *h)
 	for (i = 0; i < h->count; i++) {
 		err = urgent_entry(u, &u->reqs[i]);
 		if (err)
-			return err;
+			break;
 	}
-	return src_tx_flush(u->tx);
+	if (!err)
+		err = src_tx_flush(u->tx);
+	urgent_written(u);
+	return err;
 }
 
 /* Drop the urgent connection alone (the destination closed it, or it went
@@ -427,7 +582,7 @@ void src_conn_reap(struct pcopy_source *s, struct src_conn *c)
 static int add_urgent(struct pcopy_source *s, int fd)
 {
 	struct urgent *u;
-	int one = 1, err;
+	int err;
 	bool busy, paused;
 
 	pthread_mutex_lock(&s->lock);
@@ -442,7 +597,7 @@ static int add_urgent(struct pcopy_source *s, int fd)
 		return busy ? -EBUSY : -EAGAIN;
 	}
 	src_conn_reap(s, &s->urg);	/* a previous, dropped one */
-	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	(void)src_sockopts(s, fd, true);
 	u = calloc(1, sizeof(*u));
 	err = u ? src_tx_new(s, true, &u->tx) : -ENOMEM;
 	if (!err) {

@@ -193,6 +193,25 @@ int src_queue_wait_pop(struct src_queue *q, uint64_t *page,
 	return got;
 }
 
+/*
+ * Block until an entry is queued, the queue is closed, or deadline_ns passes
+ * (the background throttle's sleep: a request cuts it short). Takes
+ * nothing. Sender thread.
+ */
+void src_queue_wait(struct src_queue *q, uint64_t deadline_ns)
+{
+	struct timespec ts;
+
+	ts.tv_sec = (time_t)(deadline_ns / 1000000000ull);
+	ts.tv_nsec = (long)(deadline_ns % 1000000000ull);
+	pthread_mutex_lock(&q->lock);
+	while (!q->len && !q->closed)
+		if (pthread_cond_timedwait(&q->cond, &q->lock, &ts) ==
+		    ETIMEDOUT)
+			break;
+	pthread_mutex_unlock(&q->lock);
+}
+
 /* Wake the sender out of src_queue_wait_pop for good (the session ended)
  * or until src_queue_reset (a break). Any thread. */
 void src_queue_close(struct src_queue *q)

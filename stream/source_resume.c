@@ -3,13 +3,17 @@
  * The source's side of a resume after a break: wait for the old
  * connection's threads to park or exit, read the destination's received
  * bitmap, mark everything else unsent again, queue the re-sent requests
- * ahead of the background, then let a new generation run.
+ * ahead of the background, then let a new generation run. Also a restarted
+ * source adopting the session its first (RESUME) connection names.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "source.h"
@@ -219,4 +223,158 @@ fail:
 	free(buf);
 	free(reqs);
 	return err;
+}
+
+/* ---- a restarted source adopting a session (PCOPY_SOURCE_ADOPT) ---- */
+
+/* Largest HELLO looked at before the handshake: 64 regions of 63-byte
+ * names fit (24 + 64 * 79 payload bytes); a bigger one is not adopted and
+ * the handshake judges it. */
+#define PEEK_MAX (PCOPY_WIRE_HDR_SIZE + 8192u)
+
+/*
+ * Wait until `want` bytes can be peeked at on fd (nothing consumed), or
+ * the deadline. Returns 0, -ECONNRESET on EOF, -ETIMEDOUT or -errno. With
+ * part of it there poll() would not wait, so then sleep 1 ms a round: the
+ * destination's HELLO comes in one write, it only trickles through a
+ * proxy that splits writes.
+ */
+static int peek_exact(int fd, uint8_t *buf, size_t want, uint64_t deadline)
+{
+	for (;;) {
+		ssize_t n = recv(fd, buf, want, MSG_PEEK | MSG_DONTWAIT);
+		uint64_t now;
+
+		if (n == (ssize_t)want)
+			return 0;
+		if (n == 0)
+			return -ECONNRESET;
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+			return -errno;
+		now = pcopy_now_ns();
+		if (now >= deadline)
+			return -ETIMEDOUT;
+		if (n < 0) {
+			struct pollfd p = { .fd = fd, .events = POLLIN };
+			uint64_t ms = (deadline - now) / 1000000 + 1;
+
+			(void)poll(&p, 1, ms > 1000 ? 1000 : (int)ms);
+		} else {
+			struct timespec ts = { 0, 1000000 };
+
+			nanosleep(&ts, NULL);
+		}
+	}
+}
+
+/*
+ * Look at the destination's first HELLO on fd without consuming it. If it
+ * is a RESUME of a session (non-zero id) whose region table equals ours,
+ * return 1 with *sid: the caller adopts it and runs the handshake as for
+ * any RESUME. If the tables differ, read the HELLO, send the destination an
+ * ERROR saying which region differs, and return -EPROTO with the same
+ * message. Anything else (a MAIN connection, a HELLO too malformed to
+ * judge here, EOF, a silent peer) returns 0: the handshake reads it and
+ * reports. Caller's thread (pcopy_source_start).
+ */
+int src_adopt_check(struct pcopy_source *s, int fd, uint64_t deadline,
+		    uint64_t *sid, char *msg, size_t len)
+{
+	uint8_t *buf = malloc(PEEK_MAX);
+	struct wire_hello *peer = malloc(sizeof(*peer));
+	char why[PCOPY_ERRMSG_MAX];
+	struct wire_hdr h;
+	int ret = 0;
+
+	if (!buf || !peer)
+		goto out;
+	if (peek_exact(fd, buf, PCOPY_WIRE_HDR_SIZE, deadline) ||
+	    wire_hdr_decode(buf, &h, why, sizeof(why)) ||
+	    h.type != PCOPY_MSG_HELLO ||
+	    h.length > PEEK_MAX - PCOPY_WIRE_HDR_SIZE ||
+	    peek_exact(fd, buf, PCOPY_WIRE_HDR_SIZE + h.length, deadline) ||
+	    wire_crc_check(buf, &h, buf + PCOPY_WIRE_HDR_SIZE, why,
+			   sizeof(why)) ||
+	    wire_hello_decode(buf + PCOPY_WIRE_HDR_SIZE, h.length, peer, why,
+			      sizeof(why)) ||
+	    peer->role != PCOPY_ROLE_DEST ||
+	    peer->conn_kind != PCOPY_CONN_RESUME || peer->session_id == 0)
+		goto out;
+	*sid = peer->session_id;
+	if (wire_hello_compare(&s->hello, peer, why, sizeof(why)) == 0) {
+		ret = 1;
+		goto out;
+	}
+	/* Refuse it ourselves, naming the difference: consume the HELLO
+	 * first, so closing does not reset the connection under our ERROR. */
+	snprintf(msg, len,
+		 "restarted source cannot adopt session %016" PRIx64
+		 ": its image differs (%s; 'here' is the source)",
+		 *sid, why);
+	if (conn_read_exact(fd, buf, PCOPY_WIRE_HDR_SIZE + h.length, deadline,
+			    -1) == 0)
+		conn_send_error(fd, EPROTO, msg);
+	ret = -EPROTO;
+out:
+	free(buf);
+	free(peer);
+	return ret;
+}
+
+/*
+ * Adopt the session whose RESUME handshake just succeeded on fd: the
+ * session starts paused, as if the connection had broken, with the sender
+ * parked; then the resume runs as for any break (bitmap, unsent = NOT
+ * received, pending requests first). Takes ownership of fd. Returns 0 once
+ * adopted, even if that first resume broke off (the session then waits
+ * for the next one until the resume deadline, as after any break), or
+ * -errno if the sender cannot start. Caller's thread (pcopy_source_start),
+ * tx/rtx allocated, before any other thread of the session exists.
+ */
+int src_adopt(struct pcopy_source *s, int fd)
+{
+	char msg[PCOPY_ERRMSG_MAX] = "";
+	int err;
+
+	pthread_mutex_lock(&s->lock);
+	s->main.fd = -1;		/* src_resume takes fd over */
+	s->state = SRC_PAUSED;
+	s->gen = 0;
+	atomic_store(&s->live_gen, 0);
+	s->t_pause = pcopy_now_ns();
+	snprintf(s->break_msg, sizeof(s->break_msg),
+		 "restarted source adopting session %016" PRIx64,
+		 s->hello.session_id);
+	pthread_mutex_unlock(&s->lock);
+
+	err = src_thread_start(&s->sender, src_sender_main, s);
+	if (err) {
+		close(fd);
+		src_end(s, err, false, "cannot start the sender: %s",
+			strerror(-err));
+		return err;
+	}
+	s->sender_started = true;
+	pthread_mutex_lock(&s->conn_lock);
+	err = src_resume(s, fd, msg, sizeof(msg));
+	pthread_mutex_unlock(&s->conn_lock);
+	if (!err) {
+		pcopy_log(&s->lg, PCOPY_LOG_INFO,
+			  "source: adopted session %016" PRIx64 " of a previous source",
+			  s->hello.session_id);
+		return 0;
+	}
+	pthread_mutex_lock(&s->lock);
+	if (s->state == SRC_PAUSED)
+		snprintf(s->break_msg, sizeof(s->break_msg),
+			 "restarted source adopting session %016" PRIx64
+			 ": its first resume failed: %s", s->hello.session_id,
+			 msg[0] ? msg : strerror(-err));
+	pthread_mutex_unlock(&s->lock);
+	pcopy_log(&s->lg, PCOPY_LOG_WARN,
+		  "adopting session %016" PRIx64 ": first resume failed (%s); paused, waiting for the destination to resume",
+		  s->hello.session_id, msg[0] ? msg : strerror(-err));
+	return 0;
 }

@@ -5,9 +5,15 @@
  * enforces max_rate_bps by sleeping, never spinning.
  */
 #include <errno.h>
+#include <linux/sockios.h>
+#include <linux/tcp.h>		/* tcpi_bytes_acked (not in glibc's) */
+#include <netinet/in.h>
 #include <poll.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -15,6 +21,141 @@
 
 #define TP PCOPY_TARGET_PAGE
 #define HDRS (SRC_TX_IOV / 2)
+
+/* Background bytes a TCP socket may hold unsent (the kernel wakes a full
+ * writer below this). Measured on loopback with 1 GiB: 32, 64 and 128 KiB
+ * give the same throughput, 512 KiB and more less. */
+#define NOTSENT_LOWAT (64 << 10)
+/* Send buffer of a Unix main connection (the kernel doubles it): a fault's
+ * first page comes on the urgent connection, the rest of its cluster from
+ * the background stream, behind what that socket holds. Measured with 512
+ * MiB over a Unix socket: 64 KiB keeps the throughput of the default
+ * (~208 KiB) and serves the hot set faster; 32 KiB halves the throughput. */
+#define UNIX_SNDBUF (64 << 10)
+/* Link time of background data allowed queued in front of a requested page
+ * on a TCP path (socket + bottleneck queue), on top of one round trip's
+ * worth: requests and the background share that queue whatever connection
+ * they use. */
+#define QUEUE_NS 200000.0
+#define QUEUE_MIN (16u << 10)	/* bytes: never throttle below this */
+#define RATE_WINDOW_NS 4000000ull
+#define WAIT_MIN_NS 20000ull	/* shortest sleep worth a wake-up */
+#define WAIT_MAX_NS 5000000ull
+
+/*
+ * Options of a connection the source writes to, each best effort (older
+ * kernels refuse some). Main connection: a bound on unsent bytes and, unless
+ * PCOPY_SOURCE_NO_PACING, BBR (it paces at the path's rate instead of
+ * filling its queue), or on a Unix socket a smaller send buffer. Urgent
+ * connection: no Nagle (its congestion control is left alone: cubic instead
+ * of BBR there made no difference on the 1 Gbit/s shaped veth). Returns whether fd is
+ * TCP with pacing on (src_tx_room then bounds the background). Sender
+ * thread, or the caller's thread (add_conn).
+ */
+bool src_sockopts(struct pcopy_source *s, int fd, bool urgent)
+{
+	bool pace = !(s->opts.flags & PCOPY_SOURCE_NO_PACING);
+	int one = 1, lowat = NOTSENT_LOWAT, sndbuf = UNIX_SNDBUF;
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0) {
+		/* not TCP (a Unix socket): bound what the background holds
+		 * in the socket instead */
+		if (!urgent && pace)
+			(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf,
+					 sizeof(sndbuf));
+		return false;
+	}
+	if (urgent) {
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
+				 sizeof(one));
+		return true;
+	}
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat,
+			 sizeof(lowat));
+	if (pace)
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, "bbr", 3);
+	return pace;
+}
+
+/*
+ * Bytes that the paced path carries in QUEUE_NS (what a burst on the urgent
+ * connection may add to the queue a request waits in), or SIZE_MAX when the
+ * main connection is not paced (Unix socket, loopback before a measurement).
+ * Urgent thread.
+ */
+size_t src_link_budget(struct pcopy_source *s)
+{
+	uint64_t rate = atomic_load_explicit(&s->link_rate,
+					     memory_order_relaxed);
+
+	return rate ? (size_t)((double)rate * QUEUE_NS * 1e-9) : SIZE_MAX;
+}
+
+/*
+ * How many more background bytes the main connection may take now: at most
+ * QUEUE_NS of the delivery rate plus two round trips' worth (BBR's
+ * in-flight) may sit unacknowledged or unsent, because a requested page,
+ * on either connection, queues behind them at the bottleneck. Returns the
+ * room, SIZE_MAX when there is no limit (not TCP, no estimate yet), or 0
+ * with *wait_ns: how long until about half the limit has drained. Sender
+ * thread.
+ */
+size_t src_tx_room(struct src_tx *tx, uint64_t *wait_ns)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	double lim, rtt_ns, wait, sample;
+	uint64_t now;
+	int outq;
+
+	*wait_ns = 0;
+	if (!tx->paced)
+		return SIZE_MAX;
+	memset(&ti, 0, sizeof(ti));
+	if (getsockopt(tx->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
+	    len < offsetof(struct tcp_info, tcpi_min_rtt) +
+		  sizeof(ti.tcpi_min_rtt) ||
+	    ioctl(tx->fd, SIOCOUTQ, &outq) < 0)
+		return SIZE_MAX;
+	/* The rate over windows of RATE_WINDOW_NS: the kernel's per-ACK
+	 * samples overshoot several times after a token-bucket shaper's
+	 * burst. Up at once, down slowly (a window may have been idle). */
+	now = pcopy_now_ns();
+	if (!tx->rate_t) {
+		tx->rate_t = now;
+		tx->rate_acked = ti.tcpi_bytes_acked;
+	} else if (now - tx->rate_t >= RATE_WINDOW_NS) {
+		sample = (double)(ti.tcpi_bytes_acked - tx->rate_acked) /
+			 (double)(now - tx->rate_t);
+		if (sample > tx->bw)
+			tx->bw = sample;
+		else
+			tx->bw += (sample - tx->bw) / 8;
+		tx->rate_t = now;
+		tx->rate_acked = ti.tcpi_bytes_acked;
+	}
+	if (tx->bw <= 0.0)
+		return SIZE_MAX;
+	atomic_store_explicit(&tx->s->link_rate, (uint64_t)(tx->bw * 1e9),
+			      memory_order_relaxed);
+	rtt_ns = (double)ti.tcpi_min_rtt * 1e3;
+	lim = tx->bw * (QUEUE_NS + 2.0 * rtt_ns);
+	if (lim < QUEUE_MIN)
+		lim = QUEUE_MIN;
+	/* The receiver acknowledges every second full segment, else after
+	 * its delayed-ACK timer (40 ms): waiting with less than that in
+	 * flight stalls (on loopback a segment is 64 KiB). */
+	if (lim < 4.0 * ti.tcpi_snd_mss)
+		lim = 4.0 * ti.tcpi_snd_mss;
+	if ((double)outq < lim)
+		return (size_t)(lim - (double)outq);
+	wait = ((double)outq - lim / 2) / tx->bw;
+	*wait_ns = wait < WAIT_MIN_NS ? WAIT_MIN_NS :
+		   wait > WAIT_MAX_NS ? WAIT_MAX_NS : (uint64_t)wait;
+	return 0;
+}
 
 /*
  * A gatherer for one sending thread (urgent: the urgent connection's).

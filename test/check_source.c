@@ -13,6 +13,8 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -1117,7 +1119,8 @@ START_TEST(test_handshake_timeout)
 	/* the peer never answers */
 	ck_assert_int_eq(pcopy_source_start(s, sv[0]), -ETIMEDOUT);
 	ck_assert_str_ne(pcopy_source_error(s), "");
-	ck_assert_int_eq(pcopy_source_wait(s, 0), -ETIMEDOUT);
+	/* the session is over: wait does not say "still running" */
+	ck_assert_int_eq(pcopy_source_wait(s, 0), -ENOLINK);
 	/* a second start is refused, and the fd is still taken over */
 	ck_assert_int_eq(pcopy_source_start(s, dup(sv[1])), -EINVAL);
 	pcopy_source_destroy(s);
@@ -1581,7 +1584,7 @@ START_TEST(test_resume_deadline)
 	pthread_join(ss.t, NULL);
 	wait_paused(ss.s);
 	t0 = pcopy_now_ns();
-	ck_assert_int_eq(pcopy_source_wait(ss.s, -1), -ETIMEDOUT);
+	ck_assert_int_eq(pcopy_source_wait(ss.s, -1), -ENOLINK);
 	ms = (pcopy_now_ns() - t0) / 1000000;
 	ck_assert_msg(ms < 5000, "deadline took %llu ms", (unsigned long long)ms);
 	ck_assert_msg(strstr(pcopy_source_error(ss.s), "did not resume"),
@@ -1644,7 +1647,7 @@ START_TEST(test_keepalive_silence)
 	if (_i) {
 		wait_paused(ss.s);
 	} else {
-		ck_assert_int_eq(pcopy_source_wait(ss.s, 10000), -ETIMEDOUT);
+		ck_assert_int_eq(pcopy_source_wait(ss.s, 10000), -ENOLINK);
 		ck_assert_msg(strstr(pcopy_source_error(ss.s), "keepalive"),
 			      "message: %s", pcopy_source_error(ss.s));
 	}
@@ -1960,6 +1963,182 @@ START_TEST(test_urgent_skip)
 }
 END_TEST
 
+/* Wait until stats field `f` of source s is above v (5 s at most). */
+#define WAIT_STAT_GT(s, st, f, v) do { \
+	int w_; \
+	for (w_ = 0; w_ < 1000; w_++) { \
+		ck_assert_int_eq(pcopy_source_stats((s), (st)), 0); \
+		if ((st)->f > (v)) \
+			break; \
+		usleep(5000); \
+	} \
+	ck_assert_uint_gt((st)->f, (v)); \
+} while (0)
+
+/*
+ * Readahead on the urgent connection: a single request sends its page only;
+ * the next one continuing it also sends the following pages (32 KiB); a
+ * request elsewhere sends its page only again. And the background scan goes
+ * on after the urgent request, not where it was.
+ */
+START_TEST(test_urgent_readahead)
+{
+	struct image im;
+	struct session ss;
+	struct stage u;
+	uint64_t one = 1, i, pos_near, pos_far;
+	struct wire_req rq[3] = {
+		{ .region = 0, .count = 1, .offset = 3000 * TP },
+		{ .region = 0, .count = 1, .offset = 3001 * TP },
+		{ .region = 0, .count = 1, .offset = 3500 * TP },
+	};
+
+	image_init(&im);
+	image_add(&im, 16 * MIB, TP);	/* 4096 host pages */
+	session_setup(&ss, &im, 0, OFFER_ALL, 0);
+	ss.d.go_fd = eventfd(0, EFD_CLOEXEC);	/* main reads after urgent */
+	session_start(&ss);
+	ck_assert_int_eq(ss.start_err, 0);
+	/* the sender fills the main socket and blocks, far before 3000 */
+	WAIT_STAT_GT(ss.s, &ss.st, bytes_wire, 64 * 1024);
+	usleep(20000);
+	ck_assert_int_eq(pcopy_source_stats(ss.s, &ss.st), 0);
+	ck_assert_uint_lt(atomic_load(&ss.s->st.host_pages_sent), 2000);
+	stage_open(&u, &im, PCOPY_CONN_URGENT, ss.s->hello.session_id);
+	memcpy(u.d.start_req, rq, sizeof(rq));
+	u.d.n_start_req = 3;
+	u.d.close_after = 11;	/* 3000, 3001 + 8 read ahead, 3500 */
+	ck_assert_int_eq(stage_run(&u, ss.s), 0);
+	ck_assert_msg(u.d.fail[0] == '\0', "urgent: %s", u.d.fail);
+	ck_assert_uint_eq(u.d.norder, 11);
+	for (i = 0; i < 10; i++)
+		ck_assert_uint_eq(u.d.order[i], 3000 + i);
+	ck_assert_uint_eq(u.d.order[10], 3500);
+	ck_assert_int_eq(write(ss.d.go_fd, &one, 8), 8);
+	session_finish(&ss, 20000);
+	close(ss.d.go_fd);
+	ck_assert_msg(ss.d.fail[0] == '\0', "destination: %s", ss.d.fail);
+	ck_assert_int_eq(ss.wait_err, 0);
+	ck_assert_uint_eq(ss.st.urgent_pages, 11);
+	for (i = 0; i < 4096; i++)
+		ck_assert_msg(ss.d.seen[0][i] + u.d.seen[0][i] == 1,
+			      "page %llu: %u on main, %u on urgent",
+			      (unsigned long long)i, ss.d.seen[0][i],
+			      u.d.seen[0][i]);
+	/* the scan went on after the last urgent request (3500), not from
+	 * where the main connection blocked (before 2000) */
+	ck_assert(pos_of(&ss.d, 3501, &pos_near));
+	ck_assert(pos_of(&ss.d, 2000, &pos_far));
+	ck_assert_uint_lt(pos_near, pos_far);
+	fdest_free(&u.d);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+/*
+ * END follows the last page actually written on any connection: the urgent
+ * thread has claimed pages it cannot write (its peer does not read) while
+ * the main connection delivers everything else; END must wait for those
+ * writes, and come once the urgent peer reads.
+ */
+START_TEST(test_end_after_urgent)
+{
+	struct image im;
+	struct session ss;
+	struct stage u;
+	uint64_t one = 1, i, on_urgent;
+	bool early_end;
+
+	image_init(&im);
+	image_add(&im, 4 * MIB, TP);	/* 1024 host pages */
+	session_setup(&ss, &im, 0, OFFER_ALL, 0);
+	ss.d.go_fd = eventfd(0, EFD_CLOEXEC);
+	session_start(&ss);
+	ck_assert_int_eq(ss.start_err, 0);
+	WAIT_STAT_GT(ss.s, &ss.st, bytes_wire, 64 * 1024);
+	usleep(20000);
+	ck_assert_int_eq(pcopy_source_stats(ss.s, &ss.st), 0);
+	ck_assert_uint_lt(atomic_load(&ss.s->st.host_pages_sent), 200);
+	/* the urgent peer asks for pages 200.. and reads nothing yet */
+	stage_open(&u, &im, PCOPY_CONN_URGENT, ss.s->hello.session_id);
+	u.d.start_req[0] = (struct wire_req){ .region = 0, .count = 824,
+					      .offset = 200 * TP };
+	u.d.n_start_req = 1;
+	u.d.go_fd = eventfd(0, EFD_CLOEXEC);
+	ck_assert_int_eq(pthread_create(&u.t, NULL, fdest_main, &u.d), 0);
+	ck_assert_int_eq(pcopy_source_add_conn(ss.s, u.src_fd), 0);
+	WAIT_STAT_GT(ss.s, &ss.st, urgent_pages, 0);
+	usleep(50000);	/* its socket is full now */
+	/* the main peer reads: the background sends all the rest */
+	ck_assert_int_eq(write(ss.d.go_fd, &one, 8), 8);
+	/* every page claimed (white box): the urgent ones are unwritten */
+	for (i = 0; i < 1000 && atomic_load(&ss.s->pages_left); i++)
+		usleep(5000);
+	ck_assert_uint_eq(atomic_load(&ss.s->pages_left), 0);
+	ck_assert_uint_gt(atomic_load(&ss.s->urg_unsent), 0);
+	usleep(200000);
+	early_end = __atomic_load_n(&ss.d.got_end, __ATOMIC_ACQUIRE);
+	ck_assert_int_eq(write(u.d.go_fd, &one, 8), 8);
+	session_finish(&ss, 20000);
+	pthread_join(u.t, NULL);
+	close(ss.d.go_fd);
+	close(u.d.go_fd);
+	ck_assert_msg(!early_end, "END came before the urgent pages were written");
+	ck_assert_msg(ss.d.fail[0] == '\0', "destination: %s", ss.d.fail);
+	ck_assert_msg(u.d.fail[0] == '\0', "urgent: %s", u.d.fail);
+	ck_assert_int_eq(ss.wait_err, 0);
+	ck_assert(ss.d.got_end);
+	on_urgent = 0;
+	for (i = 0; i < 1024; i++) {
+		ck_assert_msg(ss.d.seen[0][i] + u.d.seen[0][i] >= 1,
+			      "page %llu never arrived", (unsigned long long)i);
+		on_urgent += u.d.seen[0][i];
+	}
+	ck_assert_uint_gt(on_urgent, 0);
+	fdest_free(&u.d);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+/* PCOPY_SOURCE_NO_PACING is a valid flag, and a restore with it (over TCP
+ * loopback, where the pacing would apply) is complete; so is one without. */
+START_TEST(test_no_pacing_tcp)
+{
+	struct image im;
+	struct session ss;
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t al = sizeof(a);
+	int lfd, cfd, sfd;
+
+	image_init(&im);
+	image_add(&im, 8 * MIB, TP);
+	session_setup(&ss, &im, _i ? PCOPY_SOURCE_NO_PACING : 0, 0, 0);
+	/* swap the socketpair for a TCP loopback connection */
+	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert_int_ge(lfd, 0);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	ck_assert_int_eq(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	ck_assert_int_eq(listen(lfd, 1), 0);
+	ck_assert_int_eq(getsockname(lfd, (struct sockaddr *)&a, &al), 0);
+	cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert_int_eq(connect(cfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	sfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	ck_assert_int_ge(sfd, 0);
+	close(lfd);
+	close(ss.d.fd);
+	close(ss.start_err);
+	ss.d.fd = cfd;
+	ss.start_err = sfd;
+	session_start(&ss);
+	session_finish(&ss, 20000);
+	assert_clean_run(&ss);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
 static Suite *make_source_suite(void)
 {
 	Suite *su = suite_create("source");
@@ -2021,6 +2200,9 @@ static Suite *make_source_suite(void)
 	tcase_add_test(tc, test_urgent);
 	tcase_add_loop_test(tc, test_urgent_skip, 0, 2);
 	tcase_add_test(tc, test_urgent_bad_req);
+	tcase_add_test(tc, test_urgent_readahead);
+	tcase_add_test(tc, test_end_after_urgent);
+	tcase_add_loop_test(tc, test_no_pacing_tcp, 0, 2);
 	suite_add_tcase(su, tc);
 	return su;
 }

@@ -165,6 +165,8 @@ static int serve(const struct tl_source_cfg *img, const struct rl_src_opts *o,
 		so.flags |= PCOPY_SOURCE_ZLIB;
 	if (o->no_resume)
 		so.flags |= PCOPY_SOURCE_NO_RESUME;
+	if (o->adopt)
+		so.flags |= PCOPY_SOURCE_ADOPT;
 	if (o->psk) {
 		so.psk = o->psk;
 		so.psk_len = strlen(o->psk);
@@ -210,9 +212,9 @@ static int serve(const struct tl_source_cfg *img, const struct rl_src_opts *o,
 			was_paused = false;
 		}
 		rc = pcopy_source_wait(s, 0);
-		/* a session that ends at its resume deadline also returns
-		 * -ETIMEDOUT: the error message tells it from "still running" */
-		if (rc != -ETIMEDOUT || pcopy_source_error(s)[0])
+		/* -ETIMEDOUT only means "still running" (a session that ends at
+		 * its resume deadline returns -ENOLINK) */
+		if (rc != -ETIMEDOUT)
 			break;
 	}
 	res.rc = rc;

@@ -37,6 +37,7 @@ struct rl_src_opts {
 	int keepalive_ms;	/* 0: library default */
 	bool zlib;
 	bool no_resume;
+	bool adopt;		/* PCOPY_SOURCE_ADOPT: a restarted source */
 	const char *psk;	/* pre-shared key (NUL-terminated), or NULL */
 	unsigned tag;		/* printed in its log lines */
 };

@@ -83,6 +83,17 @@ static void on_event(void *opaque, int err)
 {
 	struct scen *sc = opaque;
 
+	/* the restore is complete, its DONE lost: the source dies before it
+	 * hears of it, and the standby must confirm it */
+	if (err == 0 && sc->kill_on_complete && sc->rd && !sc->hook_done) {
+		sc->hook_done = true;
+		atomic_store(&sc->rd->cur, 1);
+		kill(sc->rd->src[0].pid, SIGKILL);
+		sc->t_hook = rs_now_ms();
+		fprintf(stderr, "%s: complete; SIGKILL source pid %d\n", sc->name,
+			(int)sc->rd->src[0].pid);
+	}
+
 	atomic_store(&sc->event_err, err);
 	atomic_fetch_add(&sc->events, 1);
 }
@@ -112,6 +123,7 @@ bool rs_run(struct scen *sc, const struct tl_source_cfg *img)
 		return false;
 	ck_assert_msg(rc == 0, "map: %s", strerror(-rc));
 	rl_log_init(&r.log, sc->name);
+	sc->rd = &r;
 
 	pcopy_dest_opts_init(&o);
 	o.log = rl_log_fn;
@@ -136,12 +148,14 @@ bool rs_run(struct scen *sc, const struct tl_source_cfg *img)
 		struct rl_src_opts so = {
 			.resume_deadline_ms = sc->src_deadline_ms ? sc->src_deadline_ms : 20000,
 			.keepalive_ms = sc->src_keepalive_ms,
-			.zlib = sc->zlib,
+			.zlib = sc->zlib || (i > 0 && sc->standby_zlib),
 			.psk = sc->psk,
+			.adopt = i > 0 && sc->adopt,
 			.tag = i,
 		};
 
-		rc = rl_src_spawn(img, &so, &r.src[i]);
+		rc = rl_src_spawn(i > 0 && sc->standby_img ? sc->standby_img : img,
+				  &so, &r.src[i]);
 		ck_assert_msg(rc == 0, "spawn source: %s", strerror(-rc));
 	}
 
@@ -182,9 +196,11 @@ bool rs_run(struct scen *sc, const struct tl_source_cfg *img)
 		/* A cut may also land inside the urgent handshake itself: the
 		 * restore then goes on without it (or the reconnect thread adds
 		 * it back); it must still complete with every byte right. */
-		if (rc == -ECONNRESET || rc == -EPIPE || rc == -ETIMEDOUT)
+		if (rc == -ECONNRESET || rc == -EPIPE || rc == -ETIMEDOUT) {
 			fprintf(stderr, "%s: urgent handshake cut (%s); continuing\n",
 				sc->name, pcopy_strerror(rc));
+			sc->urgent_cut = true;
+		}
 		else
 			ck_assert_msg(rc == 0 || (rc == -EALREADY && pcopy_dest_wait(r.d, 0) == 0),
 				      "%s: add_urgent: %s: %s", sc->name,
@@ -194,10 +210,13 @@ bool rs_run(struct scen *sc, const struct tl_source_cfg *img)
 	end = t0 + RUN_LIMIT_MS;
 	for (;;) {
 		rc = pcopy_dest_wait(r.d, 50);
-		/* -ETIMEDOUT is also how a restore ends at its resume deadline:
-		 * only the error message tells the two apart */
-		if (rc != -ETIMEDOUT || pcopy_dest_error(r.d)[0] || rs_now_ms() > end)
+		/* -ETIMEDOUT only ever means "still running": a restore that
+		 * failed at its resume deadline ends with -ENOLINK */
+		if (rc != -ETIMEDOUT || rs_now_ms() > end)
 			break;
+		ck_assert_msg(!pcopy_dest_error(r.d)[0], "%s: wait said -ETIMEDOUT "
+			      "(running) after the restore failed: %s", sc->name,
+			      pcopy_dest_error(r.d));
 		if (sc->hook)
 			sc->hook(&r, sc, rs_now_ms() - t0);
 		if (sc->manual && pcopy_dest_paused(r.d) == 1) {
@@ -209,6 +228,13 @@ bool rs_run(struct scen *sc, const struct tl_source_cfg *img)
 					sc->resumes_ok++;
 			}
 		}
+	}
+	if (rc == 0 && sc->confirm) {
+		int fd = rl_connect(&r, 0);
+
+		sc->confirm_rc = fd >= 0 ? pcopy_dest_resume(r.d, fd) : fd;
+		fprintf(stderr, "%s: confirming DONE by hand: %d (%s)\n", sc->name,
+			sc->confirm_rc, pcopy_strerror(sc->confirm_rc));
 	}
 	sc->rc = rc;
 	sc->t_end = rs_now_ms();
@@ -223,7 +249,7 @@ bool rs_run(struct scen *sc, const struct tl_source_cfg *img)
 		(unsigned long long)sc->st.resent_pages, sc->cuts_fired,
 		atomic_load(&r.connects), atomic_load(&r.connect_fails),
 		sc->resumes_ok, sc->resumes_called);
-	ck_assert_msg(rc != -ETIMEDOUT || pcopy_dest_error(r.d)[0],
+	ck_assert_msg(rc != -ETIMEDOUT,
 		      "%s: restore still running after %d ms "
 		      "(paused %d, %llu/%llu host pages; seed %llu)", sc->name,
 		      RUN_LIMIT_MS, pcopy_dest_paused(r.d),
@@ -315,6 +341,7 @@ bool rs_run(struct scen *sc, const struct tl_source_cfg *img)
 			      pcopy_strerror(sc->src_res.rc), sc->src_res.msg);
 	}
 	rl_dest_fini(&r);
+	sc->rd = NULL;
 	rl_log_fini(&r.log);
 	ck_assert_int_eq(count_fds(), fds0);
 	return true;

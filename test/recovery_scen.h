@@ -34,6 +34,19 @@ struct scen {
 	const char *psk;	/* both sides authenticate every connection */
 	unsigned touchers;
 	unsigned nsrc;		/* 2: a standby source for a restart */
+	bool adopt;		/* the standby adopts the session (PCOPY_SOURCE_ADOPT) */
+	bool standby_zlib;	/* the standby offers zlib (source 0 does not
+				   unless `zlib`) */
+	const struct tl_source_cfg *standby_img;	/* NULL: the same image */
+	bool kill_on_complete;	/* SIGKILL source 0 from the completion
+				   callback (its DONE must be lost) */
+	struct rl_dest *rd;	/* set by rs_run */
+	bool confirm;		/* after completion, hand in one more
+				   connection (pcopy_dest_resume) so the
+				   source hears DONE */
+	int confirm_rc;		/* ... its result */
+	bool urgent_cut;	/* the urgent handshake was cut: no urgent
+				   connection in this restore */
 	int dest_keepalive_ms, src_keepalive_ms;
 	int dest_deadline_ms, src_deadline_ms;
 	enum outcome outcome;

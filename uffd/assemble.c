@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <unistd.h>
 #include "internal.h"
 
 /* Zero runs: no data to stage, only bounded so one ioctl stays short. */
@@ -28,18 +29,37 @@ static const char *type_name(unsigned t)
 	return t < sizeof(n) / sizeof(n[0]) ? n[t] : "?";
 }
 
-static enum recv_end break_v(struct pcopy_dest *d, int err, const char *fmt,
-			     va_list ap)
+/* c: the connection at fault, or NULL for the receiver's main one. The
+ * urgent connection is read by the fault thread: its reason goes to c->why
+ * (break_why belongs to the receiver), and after completion it only ends. */
+static enum recv_end break_v(struct pcopy_dest *d, struct dest_conn *c, int err,
+			     const char *fmt, va_list ap)
 {
-	vsnprintf(d->break_why, sizeof(d->break_why), fmt, ap);
+	bool urgent = c && c->idx == DEST_URGENT;
+	char *why = urgent ? c->why : d->break_why;
+
+	vsnprintf(why, PCOPY_ERRMSG_MAX, fmt, ap);
 	if (dest_missing(d) == 0)
 		/* complete: the receiver decides whether DONE needs re-sending */
-		return d->done_acked ? RECV_STOP : RECV_BREAK;
+		return urgent || d->done_acked ? RECV_STOP : RECV_BREAK;
 	if ((d->flags & PCOPY_DEST_NO_RESUME) || !(d->features & PCOPY_FEAT_RESUME)) {
-		dest_fail(d, err, "%s", d->break_why);
+		dest_fail(d, err, "%s", why);
 		return RECV_FAIL;
 	}
 	return RECV_BREAK;
+}
+
+/* dest_break for connection c (see internal.h). Thread owning c. */
+enum recv_end dest_conn_break(struct pcopy_dest *d, struct dest_conn *c, int err,
+			      const char *fmt, ...)
+{
+	enum recv_end e;
+	va_list ap;
+
+	va_start(ap, fmt);
+	e = break_v(d, c, err, fmt, ap);
+	va_end(ap);
+	return e;
 }
 
 /*
@@ -53,7 +73,7 @@ enum recv_end dest_break(struct pcopy_dest *d, int err, const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	e = break_v(d, err, fmt, ap);
+	e = break_v(d, NULL, err, fmt, ap);
 	va_end(ap);
 	return e;
 }
@@ -72,7 +92,7 @@ static enum recv_end bad(struct pcopy_dest *d, struct dest_conn *c, int err,
 	if (c->run.n && place_run(d, c) < 0)
 		return RECV_FAIL;
 	va_start(ap, fmt);
-	e = break_v(d, err, fmt, ap);
+	e = break_v(d, c, err, fmt, ap);
 	va_end(ap);
 	return e;
 }
@@ -210,11 +230,18 @@ static enum recv_end handle_page(struct pcopy_dest *d, struct dest_conn *c,
 		DEST_STAT_ADD(d, pages_raw, h->count);
 		break;
 	case PCOPY_KIND_ZLIB:
-		rc = codec_zlib_decompress(d->zlib, payload, h->length, dst, n,
+		rc = codec_zlib_decompress(c->zlib, payload, h->length, dst, n,
 					   err, sizeof(err));
-		if (rc < 0)
+		if (rc < 0) {
+			/* DPERF-DEBUG */
+			struct codec_zlib *z2 = NULL; char e2[200]; int rc2;
+			codec_zlib_new(&z2, false, 0);
+			rc2 = codec_zlib_decompress(z2, payload, h->length, dst, n, e2, sizeof(e2));
+			pcopy_log(&d->log, PCOPY_LOG_ERROR, "DPERF conn %u len %u n %lu fresh rc %d tid %ld", c->idx, h->length, (unsigned long)n, rc2, (long)gettid());
+			codec_zlib_free(z2);
 			return bad(d, c, rc, "PAGE region '%s' offset 0x%" PRIx64 ": %s",
 				   r->name, h->offset, err);
+		}
 		DEST_STAT_ADD(d, pages_zlib, h->count);
 		break;
 	default:	/* wire_page_validate rejects other kinds */
@@ -316,8 +343,8 @@ static enum recv_end handle_msg(struct pcopy_dest *d, struct dest_conn *c,
 		if (c->run.n && place_run(d, c) < 0)
 			return RECV_FAIL;
 		if (transient(errnum)) {
-			enum recv_end e = dest_break(d, -errnum, "source reported: %s",
-						     text);
+			enum recv_end e = dest_conn_break(d, c, -errnum,
+						     "source reported: %s", text);
 
 			return e == RECV_FAIL ? RECV_PEER_FAIL : e;
 		}

@@ -63,12 +63,21 @@ static void release_waiters(struct pcopy_dest *d, int result)
 	pthread_mutex_unlock(&d->lock);
 }
 
+/*
+ * pcopy_dest_wait's -ETIMEDOUT means "your timeout passed, still running":
+ * a restore that failed because the source went silent, or did not come
+ * back before the resume deadline, or never answered the handshake, ends
+ * with -ENOLINK instead. A pause that ends at the deadline also says why
+ * its last resume attempt failed (a refusal names the source's reason).
+ */
 static void fail_record(struct pcopy_dest *d, int err, bool notify,
 			const char *fmt, va_list ap)
 {
 	char msg[PCOPY_ERRMSG_MAX];
 
 	vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (err == -ETIMEDOUT)
+		err = -ENOLINK;
 	if (atomic_load(&d->stopping)) {
 		pcopy_log(&d->log, PCOPY_LOG_DEBUG, "during destroy: %s", msg);
 		return;
@@ -80,7 +89,12 @@ static void fail_record(struct pcopy_dest *d, int err, bool notify,
 		return;
 	}
 	d->finishing = true;
-	pcopy_errslot_set(&d->err, &d->log, err, "%s", msg);
+	if (atomic_load(&d->paused) && d->resume_why[0])
+		pcopy_errslot_set(&d->err, &d->log, err,
+				  "the last resume attempt failed: %s; %s",
+				  d->resume_why, msg);
+	else
+		pcopy_errslot_set(&d->err, &d->log, err, "%s", msg);
 	atomic_store_explicit(&d->failed, true, memory_order_release);
 	pthread_cond_broadcast(&d->rc_cond);	/* the reconnect thread gives up */
 	pthread_mutex_unlock(&d->lock);
@@ -519,7 +533,8 @@ int pcopy_dest_start(struct pcopy_dest *d, int fd)
 
 /* ---- wait / accessors ---- */
 
-/* Returns 0, -ETIMEDOUT or the error that ended the restore. Any thread. */
+/* Returns 0, -ETIMEDOUT (timeout_ms passed, the restore goes on) or the
+ * error that ended it (never -ETIMEDOUT, see fail_record). Any thread. */
 int pcopy_dest_wait(struct pcopy_dest *d, int timeout_ms)
 {
 	struct timespec dl;

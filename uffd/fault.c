@@ -2,9 +2,10 @@
 /*
  * The fault thread: drains userfaultfd messages (events first), turns the
  * first fault on each host page into a REQ entry (one REQ message per batch,
- * on the urgent connection if any), wakes faults on pages that landed
- * meanwhile, zero-fills removed pages, and after a fatal error holds the
- * faulting threads (BLOCK) or sends them SIGBUS (SIGBUS).
+ * on the urgent connection if any), reads and places the answers that come
+ * back on the urgent connection (urgent.c), wakes faults on pages that
+ * landed meanwhile, zero-fills removed pages, and after a fatal error holds
+ * the faulting threads (BLOCK) or sends them SIGBUS (SIGBUS).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -25,6 +26,13 @@ struct fault_batch {
 	struct wire_req req[FAULT_BATCH];
 	unsigned n;
 	bool warned_ptid;
+};
+
+/* Faults read but not resolved yet (they wait for an event to be read). */
+struct fault_queue {
+	struct uffd_msg m[FAULT_MSGS];
+	unsigned n;
+	struct fault_batch *b;
 };
 
 /* After a failure in SIGBUS mode, the threads already waiting cannot be
@@ -170,18 +178,18 @@ static int handle_fault(struct pcopy_dest *d, struct fault_batch *b,
  * once and queueing faults behind *nf: the kernel hands out pending faults
  * before events, and while a REMOVE is unread UFFDIO_COPY/ZEROPAGE fail
  * with EAGAIN, so no fault is resolved before everything was read.
- * Returns messages read.
+ * Returns true if the last read filled the buffer (there may be more).
  */
-static unsigned drain(struct pcopy_dest *d, struct uffd_msg *faults,
-		      unsigned *nf)
+static bool drain(struct pcopy_dest *d, struct uffd_msg *faults, unsigned *nf)
 {
 	struct uffd_msg msg[32];
-	unsigned total = 0;
+	bool more = false;
 	int i;
 
 	while (*nf + 32 <= FAULT_MSGS) {
 		ssize_t n = read(d->uffd, msg, sizeof(msg));
 
+		more = false;
 		if (n <= 0) {
 			if (n < 0 && errno != EAGAIN && errno != EINTR) {
 				pcopy_log(&d->log, PCOPY_LOG_ERROR,
@@ -192,7 +200,6 @@ static unsigned drain(struct pcopy_dest *d, struct uffd_msg *faults,
 			break;
 		}
 		for (i = 0; i < (int)(n / (ssize_t)sizeof(msg[0])); i++) {
-			total++;
 			if (msg[i].event == UFFD_EVENT_PAGEFAULT) {
 				DEST_STAT_ADD(d, faults, 1);
 				faults[(*nf)++] = msg[i];
@@ -200,10 +207,11 @@ static unsigned drain(struct pcopy_dest *d, struct uffd_msg *faults,
 				ev_handle(d, &msg[i]);
 			}
 		}
-		if ((size_t)n < sizeof(msg))
+		more = (size_t)n == sizeof(msg);
+		if (!more)
 			break;
 	}
-	return total;
+	return more;
 }
 
 /* Resolve the queued faults; those that meet an unread event go back to the
@@ -222,6 +230,20 @@ static void resolve(struct pcopy_dest *d, struct fault_batch *b,
 }
 
 /*
+ * Placement of an urgent page met EAGAIN: an event (REMOVE, ...) is unread,
+ * and this thread is the one that reads them. Read them now (faults join the
+ * queue; a full queue is resolved first, which only requests or wakes).
+ */
+static void fault_again(struct pcopy_dest *d, void *arg)
+{
+	struct fault_queue *q = arg;
+
+	if (q->n + 32 > FAULT_MSGS)
+		resolve(d, q->b, q->m, &q->n);
+	drain(d, q->m, &q->n);
+}
+
+/*
  * Thread body: runs from pcopy_dest_start until destroy writes stop_efd,
  * even after completion or failure (it must keep holding or signalling the
  * faulting threads, and reading events). Returns NULL. Fault thread.
@@ -229,19 +251,27 @@ static void resolve(struct pcopy_dest *d, struct fault_batch *b,
 void *dest_fault_main(void *arg)
 {
 	struct pcopy_dest *d = arg;
-	struct uffd_msg faults[FAULT_MSGS];
 	struct fault_batch b = { .n = 0 };
-	unsigned nf = 0;
-	bool woke_all = false;
-	struct pollfd p[3] = {
+	struct fault_queue q = { .n = 0, .b = &b };
+	struct uffd_msg *faults = q.m;
+	unsigned *nfp = &q.n;
+	bool woke_all = false, sync = true;
+	struct pollfd p[4] = {
 		{ .fd = d->uffd, .events = POLLIN },
 		{ .fd = d->stop_efd, .events = POLLIN },
 		{ .fd = d->kick_efd, .events = POLLIN },
+		{ .fd = -1, .events = POLLIN },
 	};
 
+	d->conn[DEST_URGENT].on_again = fault_again;
+	d->conn[DEST_URGENT].again_arg = &q;
 	for (;;) {
+		if (sync)
+			urg_sync(d);
+		sync = false;
+		p[3].fd = urg_fd(d);
 		/* Faults waiting on an unread event: look again soon. */
-		if (poll(p, 3, nf ? 1 : -1) < 0) {
+		if (poll(p, 4, *nfp ? 1 : -1) < 0) {
 			if (errno != EINTR) {
 				pcopy_log(&d->log, PCOPY_LOG_ERROR,
 					  "fault thread: poll: %s", strerror(errno));
@@ -257,16 +287,21 @@ void *dest_fault_main(void *arg)
 			if (read(d->kick_efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
 				pcopy_log(&d->log, PCOPY_LOG_WARN,
 					  "fault thread: eventfd read: %s", strerror(errno));
+			sync = true;	/* an urgent connection came or went */
 		}
+		/* Answers first: a queued fault on a page placed now only
+		 * needs a wake, not a request. */
+		if (p[3].fd >= 0 && p[3].revents)
+			urg_input(d);
 		if (!woke_all && d->fail_mode == PCOPY_FAIL_SIGBUS &&
 		    atomic_load_explicit(&d->failed, memory_order_acquire)) {
 			woke_all = true;
 			wake_unreceived(d);
 		}
-		if ((p[0].revents & (POLLIN | POLLERR | POLLHUP)) || nf) {
-			while (drain(d, faults, &nf) && nf < FAULT_MSGS - 32)
+		if ((p[0].revents & (POLLIN | POLLERR | POLLHUP)) || *nfp) {
+			while (drain(d, faults, nfp) && *nfp < FAULT_MSGS - 32)
 				;
-			resolve(d, &b, faults, &nf);
+			resolve(d, &b, faults, nfp);
 		}
 	}
 	return NULL;

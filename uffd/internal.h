@@ -83,6 +83,11 @@ struct dest_region {
 	struct dest_bitmap requested;	/* set by the fault thread */
 	struct dest_bitmap received;	/* placed (receiver) or removed (fault thread) */
 	struct dest_bitmap removed;	/* UFFD_EVENT_REMOVE seen: zeros, never fetched */
+	/* hugetlb only (else empty): claimed by the thread placing it. Two
+	 * threads place pages (the receiver, the fault thread for urgent
+	 * answers); on hugetlb an EEXIST for a page we never placed means an
+	 * empty pool only if no other placer is in the middle of it. */
+	struct dest_bitmap placing;
 };
 
 /* The host page being assembled from PAGE frames (receiver only). */
@@ -123,6 +128,14 @@ struct dest_conn {
 	struct dest_run run;
 	uint8_t *staging;	/* page aligned, scap bytes */
 	size_t scap;
+	struct codec_zlib *zlib;	/* inflate context (per thread reading) */
+	/* The urgent connection lives in the fault thread (urgent.c): */
+	bool dead;		/* broke; closed once the receiver unlinked it */
+	char why[PCOPY_ERRMSG_MAX];	/* why it broke */
+	/* Placement met EAGAIN (an unread uffd event): let the owner read
+	 * events before retrying. NULL: another thread reads them. */
+	void (*on_again)(struct pcopy_dest *d, void *arg);
+	void *again_arg;
 };
 
 enum { DEST_MAIN = 0, DEST_URGENT = 1, DEST_NCONN = 2 };
@@ -188,8 +201,15 @@ struct pcopy_dest {
 	bool ring_on;
 	struct dest_conn conn[DEST_NCONN];
 	uint8_t *zero;		/* PROT_READ anonymous: reads as zeros, costs nothing */
-	struct codec_zlib *zlib;
 	char break_why[PCOPY_ERRMSG_MAX];	/* why the current pause began */
+	/* The fault thread reads the urgent connection itself (one wake-up
+	 * less per fault); what it cannot handle goes to the receiver: */
+	_Atomic int urgent_end;	/* enum recv_end to act on (under lock) */
+	char urgent_why[PCOPY_ERRMSG_MAX];	/* its break_why (under lock) */
+	_Atomic uint64_t urgent_rx_ns;	/* last bytes on it, 0: none (keepalive) */
+	char resume_why[PCOPY_ERRMSG_MAX];	/* why the last resume attempt of
+						   this pause failed ("": none;
+						   under lock) */
 	bool done_acked;	/* the source echoed our DONE */
 	uint64_t linger_until;	/* complete: wait for the echo until (ns) */
 
@@ -241,7 +261,7 @@ void dest_uffd_unregister(struct pcopy_dest *d);
 
 /* Place the run of conn c (data from c->staging) and empty it. Pages
  * received or removed meanwhile are skipped. Returns 0 or -errno after
- * recording the error with dest_fail. Receiver thread. */
+ * recording the error with dest_fail. Thread owning c. */
 int place_run(struct pcopy_dest *d, struct dest_conn *c);
 /* UFFDIO_WAKE [addr, addr+len). Returns 0 or -errno (logged). Any thread. */
 int place_wake(struct pcopy_dest *d, uint64_t addr, uint64_t len, bool present);
@@ -265,6 +285,10 @@ void asm_reset(struct dest_conn *c);
  * dest_fail when resuming is impossible. Receiver thread. */
 enum recv_end dest_break(struct pcopy_dest *d, int err, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+/* The same for connection c: the urgent one's reason goes to c->why, and
+ * after completion it just ends (RECV_STOP). Thread owning c. */
+enum recv_end dest_conn_break(struct pcopy_dest *d, struct dest_conn *c, int err,
+			      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* ---- events.c (fault thread) ---- */
 
@@ -288,11 +312,28 @@ void dest_hello_for(const struct pcopy_dest *d, uint32_t kind,
  * DONE again. Returns the new main fd, or -errno. Receiver thread. */
 int dest_relink(struct pcopy_dest *d);
 
+/* ---- urgent.c: the urgent connection, read by the fault thread ---- */
+
+/* Take a handed-in urgent connection, close one the receiver unlinked.
+ * Fault thread, after each kick_efd. */
+void urg_sync(struct pcopy_dest *d);
+/* The fd to poll for urgent replies, or -1. Fault thread. */
+int urg_fd(const struct pcopy_dest *d);
+/* Read, check and place what arrived on the urgent connection; on a
+ * break, tell the receiver (urgent_end). Fault thread. */
+void urg_input(struct pcopy_dest *d);
+/* What the fault thread asked the receiver to do (RECV_GO: nothing);
+ * a RECV_BREAK comes with break_why filled. Receiver thread. */
+enum recv_end urg_collect(struct pcopy_dest *d);
+
 /* ---- fault.c / receiver.c ---- */
 
 void *dest_fault_main(void *arg);
 int dest_recv_init(struct pcopy_dest *d);
 void dest_recv_fini(struct pcopy_dest *d);
 void *dest_recv_main(void *arg);
+/* Make room at the end of c->rbuf for the next receive (moves a partial
+ * message to the front). Thread owning c. */
+void dest_conn_compact(struct dest_conn *c);
 
 #endif

@@ -103,10 +103,11 @@ static void tiny_sleep(void)
  * Place host pages [hp, hp + n) of r from src (page aligned, n host pages)
  * or zeros (src NULL), with one ioctl where the kernel allows. `wake`: the
  * ioctl wakes waiters; else DONTWAKE and one UFFDIO_WAKE only if a page
- * turns out requested. Returns 0 or -errno after dest_fail. Receiver.
+ * turns out requested. Returns 0 or -errno after dest_fail. Thread owning
+ * c (the receiver, or the fault thread for the urgent connection).
  */
 static int place_range(struct pcopy_dest *d, struct dest_region *r, uint64_t hp,
-		       uint64_t n, const void *src, bool wake)
+		       uint64_t n, const void *src, bool wake, struct dest_conn *c)
 {
 	uint64_t dst = (uintptr_t)r->host + (hp << r->shift);
 	uint64_t len = n << r->shift, done = 0, t_again = 0;
@@ -120,7 +121,7 @@ static int place_range(struct pcopy_dest *d, struct dest_region *r, uint64_t hp,
 		uint64_t i;
 
 		for (i = 0; i < n; i++) {
-			int rc = place_range(d, r, hp + i, 1, d->zero, wake);
+			int rc = place_range(d, r, hp + i, 1, d->zero, wake, c);
 
 			if (rc < 0)
 				return rc;
@@ -142,15 +143,15 @@ static int place_range(struct pcopy_dest *d, struct dest_region *r, uint64_t hp,
 			rc = ioctl(d->uffd, UFFDIO_ZEROPAGE, &z);
 			res = z.zeropage;
 		} else {
-			struct uffdio_copy c = {
+			struct uffdio_copy cp = {
 				.dst = dst + done,
 				.src = (uintptr_t)src + done,
 				.len = len - done,
 				.mode = wake ? 0 : UFFDIO_COPY_MODE_DONTWAKE,
 			};
 
-			rc = ioctl(d->uffd, UFFDIO_COPY, &c);
-			res = c.copy;
+			rc = ioctl(d->uffd, UFFDIO_COPY, &cp);
+			res = cp.copy;
 		}
 		if (rc == 0) {
 			need_wake |= pages_done(d, r, pg, (len - done) >> r->shift);
@@ -185,8 +186,11 @@ static int place_range(struct pcopy_dest *d, struct dest_region *r, uint64_t hp,
 					  PLACE_EAGAIN_NS / 1000000000ull);
 				return -EAGAIN;
 			}
-			/* The fault thread reads the pending event; pages it
-			 * marks removed are skipped on the next pass. */
+			/* The fault thread reads the pending event (here, if
+			 * it is the one placing); pages it marks removed are
+			 * skipped on the next pass. */
+			if (c->on_again)
+				c->on_again(d, c->again_arg);
 			tiny_sleep();
 			while (done < len && dbm_test(&r->removed, hp + (done >> r->shift))) {
 				DEST_STAT_ADD(d, duplicates, 1);
@@ -253,10 +257,19 @@ static int place_range(struct pcopy_dest *d, struct dest_region *r, uint64_t hp,
 	return 0;
 }
 
+/* Not received, not removed, and (hugetlb) claimed by this thread: the
+ * claim is kept, the page is placed or the restore fails. */
+static bool placeable(struct dest_region *r, uint64_t hp)
+{
+	if (dbm_test(&r->received, hp) || dbm_test(&r->removed, hp))
+		return false;
+	return !r->placing.w || !dbm_test_and_set(&r->placing, hp);
+}
+
 /*
  * Place c's run and empty it; pages received or removed since they joined
  * it are skipped (counted as duplicates). Returns 0 or -errno after
- * dest_fail. Receiver thread.
+ * dest_fail. Thread owning c.
  */
 int place_run(struct pcopy_dest *d, struct dest_conn *c)
 {
@@ -268,18 +281,16 @@ int place_run(struct pcopy_dest *d, struct dest_conn *c)
 	c->run.n = 0;
 	c->run.wanted = false;
 	while (i < run.n) {
-		if (dbm_test(&r->received, run.hp + i) ||
-		    dbm_test(&r->removed, run.hp + i)) {
+		if (!placeable(r, run.hp + i)) {
 			DEST_STAT_ADD(d, duplicates, 1);
 			i++;
 			continue;
 		}
-		for (j = i + 1; j < run.n && !dbm_test(&r->received, run.hp + j) &&
-				!dbm_test(&r->removed, run.hp + j); j++)
+		for (j = i + 1; j < run.n && placeable(r, run.hp + j); j++)
 			;
 		rc = place_range(d, r, run.hp + i, j - i,
 				 run.zero ? NULL : c->staging + (i << r->shift),
-				 run.wanted);
+				 run.wanted, c);
 		if (rc < 0)
 			return rc;
 		i = j;

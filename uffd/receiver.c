@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The receiver: one io_uring with a recv in flight per connection (main and
- * urgent), waited for in poll() on the ring fd, keepalive, and the pause after
- * a break: tear the connections down, wait for new ones or the deadline.
+ * The receiver: one io_uring with a recv in flight on the main connection
+ * (the fault thread reads the urgent one, urgent.c), waited for in poll() on
+ * the ring fd, keepalive of both, and the pause after a break of either: tear
+ * the connections down, wait for new ones or the deadline.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -53,8 +54,14 @@ int dest_recv_init(struct pcopy_dest *d)
 	d->zero = map_anon(d->max_page, PROT_READ);
 	if (!d->zero)
 		goto nomem;
-	if (d->features & PCOPY_FEAT_ZLIB) {
-		rc = codec_zlib_new(&d->zlib, false, 0);
+	for (i = 0; i < d->nreg; i++)
+		if (d->reg[i].mem == DEST_MEM_HUGETLB &&
+		    dbm_init(&d->reg[i].placing, d->reg[i].npages) < 0)
+			goto nomem;
+	/* One inflate context per connection: the fault thread decodes the
+	 * urgent one while the receiver decodes the main one. */
+	for (i = 0; i < DEST_NCONN && (d->features & PCOPY_FEAT_ZLIB); i++) {
+		rc = codec_zlib_new(&d->conn[i].zlib, false, 0);
 		if (rc < 0) {
 			pcopy_log(&d->log, PCOPY_LOG_ERROR, "zlib inflate context: %s",
 				  strerror(-rc));
@@ -91,20 +98,20 @@ void dest_recv_fini(struct pcopy_dest *d)
 		if (c->staging)
 			munmap(c->staging, c->scap);
 		c->rbuf = c->staging = NULL;
+		codec_zlib_free(c->zlib);
+		c->zlib = NULL;
 	}
 	if (d->zero)
 		munmap(d->zero, d->max_page);
 	d->zero = NULL;
-	codec_zlib_free(d->zlib);
-	d->zlib = NULL;
+	for (i = 0; i < d->nreg; i++)
+		dbm_free(&d->reg[i].placing);
 }
 
-static int queue_recv(struct pcopy_dest *d, struct dest_conn *c)
+/* Move a partial message to the front when the rest of it would not fit,
+ * or the free tail got small. Thread owning c. */
+void dest_conn_compact(struct dest_conn *c)
 {
-	struct io_uring_sqe *sqe;
-
-	/* Move a partial message to the front when the rest of it would
-	 * not fit, or the free tail got small. */
 	if (c->head == c->tail) {
 		c->head = c->tail = 0;
 	} else if (c->rcap - c->head < c->need ||
@@ -113,6 +120,13 @@ static int queue_recv(struct pcopy_dest *d, struct dest_conn *c)
 		c->tail -= c->head;
 		c->head = 0;
 	}
+}
+
+static int queue_recv(struct pcopy_dest *d, struct dest_conn *c)
+{
+	struct io_uring_sqe *sqe;
+
+	dest_conn_compact(c);
 	sqe = io_uring_get_sqe(&d->ring);
 	if (!sqe)
 		return -EBUSY;
@@ -122,35 +136,12 @@ static int queue_recv(struct pcopy_dest *d, struct dest_conn *c)
 	return 0;
 }
 
-/* Forget everything about connection c (its fd is already shut down). */
-static void conn_drop(struct pcopy_dest *d, struct dest_conn *c);
-
-/* Complete, and the urgent connection ended: close it (no recv is in flight
- * on it: its last one just completed). Receiver thread. */
-static void urgent_drop(struct pcopy_dest *d)
-{
-	struct dest_conn *c = &d->conn[DEST_URGENT];
-
-	pthread_mutex_lock(&d->wlock);
-	if (d->wfd[DEST_URGENT] == c->fd)
-		d->wfd[DEST_URGENT] = -1;
-	pthread_mutex_unlock(&d->wlock);
-	if (c->fd >= 0)
-		shutdown(c->fd, SHUT_RDWR);
-	conn_drop(d, c);
-}
-
-/* The stream of c ended (res 0 = EOF, or -errno). */
+/* The main stream ended (res 0 = EOF, or -errno). */
 static enum recv_end conn_ended(struct pcopy_dest *d, struct dest_conn *c, int res)
 {
-	const char *which = c->idx == DEST_URGENT ? "urgent connection" : "connection";
+	const char *which = "connection";
 	bool mid = c->tail != c->head || c->cur.active;
 
-	if (dest_missing(d) == 0 && c->idx == DEST_URGENT) {
-		/* complete: only the main connection matters now */
-		urgent_drop(d);
-		return RECV_GO;
-	}
 	if (dest_missing(d) == 0)
 		/* complete: the end, or a DONE to tell again (linger) */
 		return dest_break(d, res ? res : -ECONNRESET,
@@ -171,11 +162,10 @@ static enum recv_end conn_ended(struct pcopy_dest *d, struct dest_conn *c, int r
 static void drain_recvs(struct pcopy_dest *d)
 {
 	struct io_uring_cqe *cqe;
-	unsigned i, left, spins = 0;
+	unsigned left, spins = 0;
 
 	for (;;) {
-		for (i = 0, left = 0; i < DEST_NCONN; i++)
-			left += d->conn[i].queued;
+		left = d->conn[DEST_MAIN].queued;
 		if (!left || spins++ > 5000)
 			break;
 		io_uring_submit(&d->ring);
@@ -216,53 +206,59 @@ static void conn_take(struct dest_conn *c, int fd)
 	c->last_rx_ns = pcopy_now_ns();
 }
 
-/* Connections handed in by pcopy_dest_resume / add_urgent. Receiver. */
+/* A main connection handed in by pcopy_dest_resume (the fault thread takes
+ * the urgent one). Receiver. */
 static void take_handoffs(struct pcopy_dest *d)
 {
-	unsigned i;
+	struct dest_conn *c = &d->conn[DEST_MAIN];
 
 	pthread_mutex_lock(&d->lock);
-	for (i = 0; i < DEST_NCONN; i++) {
-		if (d->handoff[i] < 0)
-			continue;
-		if (d->conn[i].fd >= 0 && d->conn[i].fd != d->handoff[i])
+	if (d->handoff[DEST_MAIN] >= 0) {
+		if (c->fd >= 0 && c->fd != d->handoff[DEST_MAIN])
 			/* cannot happen: a new one comes only after a pause */
 			pcopy_log(&d->log, PCOPY_LOG_WARN,
-				  "receiver: connection %u handed in twice", i);
+				  "receiver: main connection handed in twice");
 		else
-			conn_take(&d->conn[i], d->handoff[i]);
-		d->handoff[i] = -1;
+			conn_take(c, d->handoff[DEST_MAIN]);
+		d->handoff[DEST_MAIN] = -1;
 	}
 	pthread_mutex_unlock(&d->lock);
 }
 
-/* Shut every connection down and take it from the writers; close what the
- * receiver never took. Shuts down before taking d->lock, so that a writer
- * stuck on a full socket (the fault thread holding wlock) gets EPIPE and
- * lets go. Call without d->lock; returns with it held. Receiver thread. */
+/* Shut every connection down and take it from the writers; close what
+ * nobody took. Shuts down before taking d->lock, so that a writer stuck on
+ * a full socket (the fault thread holding wlock) gets EPIPE and lets go.
+ * The urgent fd the fault thread took is its to close: it is kicked and
+ * does so once it sees it unlinked. Call without d->lock; returns with it
+ * held. Receiver thread. */
 static void conns_unlink(struct pcopy_dest *d)
 {
+	struct dest_conn *m = &d->conn[DEST_MAIN];
 	unsigned i;
 
-	for (i = 0; i < DEST_NCONN; i++)
-		if (d->conn[i].fd >= 0)
-			shutdown(d->conn[i].fd, SHUT_RDWR);
+	if (m->fd >= 0)
+		shutdown(m->fd, SHUT_RDWR);
 	pthread_mutex_lock(&d->lock);
 	pthread_mutex_lock(&d->wlock);
 	for (i = 0; i < DEST_NCONN; i++) {
 		if (d->wfd[i] >= 0)
 			shutdown(d->wfd[i], SHUT_RDWR);
-		if (d->wfd[i] >= 0 && d->wfd[i] != d->conn[i].fd &&
+		if (i == DEST_MAIN && d->wfd[i] >= 0 && d->wfd[i] != m->fd &&
 		    d->wfd[i] != d->handoff[i])
 			close(d->wfd[i]);
 		d->wfd[i] = -1;
 		if (d->handoff[i] >= 0) {
-			/* an urgent connection added a moment ago */
+			/* handed in a moment ago, never taken */
 			close(d->handoff[i]);
 			d->handoff[i] = -1;
 		}
 	}
 	pthread_mutex_unlock(&d->wlock);
+	/* One pause for both: a break the fault thread reported is this one. */
+	if (atomic_load(&d->urgent_end) == RECV_BREAK)
+		atomic_store(&d->urgent_end, RECV_GO);
+	atomic_store(&d->urgent_rx_ns, 0);
+	dest_kick(d->kick_efd);
 }
 
 /*
@@ -275,7 +271,7 @@ static void conns_unlink(struct pcopy_dest *d)
  */
 static enum recv_end linger_relink(struct pcopy_dest *d)
 {
-	unsigned i, backoff = 10;
+	unsigned backoff = 10;
 	uint64_t now = pcopy_now_ns();
 
 	if (!d->linger_until)
@@ -284,8 +280,7 @@ static enum recv_end linger_relink(struct pcopy_dest *d)
 	atomic_store(&d->paused, 0);	/* complete: nothing to resume for */
 	pthread_mutex_unlock(&d->lock);
 	drain_recvs(d);
-	for (i = 0; i < DEST_NCONN; i++)
-		conn_drop(d, &d->conn[i]);
+	conn_drop(d, &d->conn[DEST_MAIN]);
 	if (d->done_acked || atomic_load(&d->failed) || atomic_load(&d->stopping))
 		return RECV_STOP;
 	if (!d->connect || (d->flags & PCOPY_DEST_NO_RESUME) ||
@@ -339,7 +334,6 @@ static enum recv_end linger_relink(struct pcopy_dest *d)
 static enum recv_end pause_and_wait(struct pcopy_dest *d)
 {
 	uint64_t t0 = pcopy_now_ns(), dl = 0, now;
-	unsigned i;
 
 	conns_unlink(d);
 	atomic_store(&d->paused, 1);
@@ -349,8 +343,7 @@ static enum recv_end pause_and_wait(struct pcopy_dest *d)
 	pthread_mutex_unlock(&d->lock);
 
 	drain_recvs(d);
-	for (i = 0; i < DEST_NCONN; i++)
-		conn_drop(d, &d->conn[i]);
+	conn_drop(d, &d->conn[DEST_MAIN]);
 	pcopy_log(&d->log, PCOPY_LOG_WARN,
 		  "paused: %s; waiting for a new connection (%s%d ms)", d->break_why,
 		  d->resume_deadline_ms < 0 ? "no deadline, " : "deadline ",
@@ -419,7 +412,8 @@ static void maybe_ping(struct pcopy_dest *d, unsigned i, uint64_t now)
 }
 
 /* Keepalive: silence longer than keepalive_ms is a break. Returns the
- * poll timeout (ms) until the next keepalive duty, via *timeout. */
+ * poll timeout (ms) until the next keepalive duty, via *timeout. The urgent
+ * connection's last receive comes from the fault thread (urgent_rx_ns). */
 static enum recv_end keepalive(struct pcopy_dest *d, int *timeout)
 {
 	uint64_t ka = (uint64_t)d->keepalive_ms * 1000000ull, now = pcopy_now_ns();
@@ -427,18 +421,25 @@ static enum recv_end keepalive(struct pcopy_dest *d, int *timeout)
 	unsigned i;
 
 	for (i = 0; i < DEST_NCONN; i++) {
-		struct dest_conn *c = &d->conn[i];
-		uint64_t t;
+		uint64_t t, rx;
 
-		if (c->fd < 0)
-			continue;
-		if (now - c->last_rx_ns > ka)
+		if (i == DEST_MAIN) {
+			if (d->conn[i].fd < 0)
+				continue;
+			rx = d->conn[i].last_rx_ns;
+		} else {
+			rx = atomic_load_explicit(&d->urgent_rx_ns, memory_order_relaxed);
+			if (!rx)
+				continue;
+		}
+		/* rx may be a moment newer than now (urgent: another thread) */
+		if (now > rx && now - rx > ka)
 			return dest_break(d, -ETIMEDOUT,
 					  "nothing from the source on the %s connection for %" PRIu64 " ms (keepalive %d ms)",
 					  i == DEST_URGENT ? "urgent" : "main",
-					  (now - c->last_rx_ns) / 1000000, d->keepalive_ms);
+					  (now - rx) / 1000000, d->keepalive_ms);
 		maybe_ping(d, i, now);
-		t = c->last_rx_ns + ka;
+		t = rx + ka;
 		if (t < next)
 			next = t;
 		t = atomic_load_explicit(&d->last_tx_ns[i], memory_order_relaxed) + ka / 3;
@@ -462,9 +463,9 @@ static enum recv_end reap(struct pcopy_dest *d)
 		struct dest_conn *c;
 
 		io_uring_cqe_seen(&d->ring, cqe);
-		if (tag < TAG_RECV || tag >= TAG_RECV + DEST_NCONN)
+		if (tag != TAG_RECV + DEST_MAIN)
 			continue;
-		c = &d->conn[tag - TAG_RECV];
+		c = &d->conn[DEST_MAIN];
 		c->queued = false;
 		if (res == -EINTR || res == -EAGAIN)
 			continue;
@@ -507,9 +508,8 @@ static bool linger_check(struct pcopy_dest *d, int *ms)
 
 static enum recv_end recv_loop(struct pcopy_dest *d)
 {
+	struct dest_conn *m = &d->conn[DEST_MAIN];
 	enum recv_end e = RECV_GO;
-	unsigned i;
-	bool idle;
 	int rc, timeout = -1, linger_ms = -1;
 
 	for (;;) {
@@ -519,19 +519,17 @@ static enum recv_end recv_loop(struct pcopy_dest *d)
 			{ .fd = d->recv_efd, .events = POLLIN },
 		};
 
+		if (e == RECV_GO)
+			e = urg_collect(d);
 		while (e == RECV_BREAK)
 			e = dest_missing(d) == 0 ? linger_relink(d) : pause_and_wait(d);
 		if (e != RECV_GO)
 			return e;
 		if (dest_missing(d) == 0 && !linger_check(d, &linger_ms))
 			return RECV_STOP;
-		for (i = 0; i < DEST_NCONN; i++) {
-			struct dest_conn *c = &d->conn[i];
-
-			if (c->fd >= 0 && !c->queued && queue_recv(d, c) < 0) {
-				dest_fail(d, -EBUSY, "io_uring: no submission entry");
-				return RECV_FAIL;
-			}
+		if (m->fd >= 0 && !m->queued && queue_recv(d, m) < 0) {
+			dest_fail(d, -EBUSY, "io_uring: no submission entry");
+			return RECV_FAIL;
 		}
 		/* Submit without waiting: a blocking io_uring_enter would
 		 * hold valgrind's big lock; poll() below does the waiting. */
@@ -543,9 +541,7 @@ static enum recv_end recv_loop(struct pcopy_dest *d)
 		e = reap(d);
 		if (e != RECV_GO)
 			continue;
-		for (i = 0, idle = false; i < DEST_NCONN; i++)
-			idle |= d->conn[i].fd >= 0 && !d->conn[i].queued;
-		if (idle)
+		if (m->fd >= 0 && !m->queued)
 			continue;	/* a recv completed inline: queue the next */
 		e = keepalive(d, &timeout);
 		if (e != RECV_GO)
@@ -580,7 +576,6 @@ void *dest_recv_main(void *arg)
 {
 	struct pcopy_dest *d = arg;
 	enum recv_end e = recv_loop(d);
-	unsigned i;
 	int err;
 
 	if (e == RECV_FAIL) {
@@ -591,9 +586,8 @@ void *dest_recv_main(void *arg)
 		pthread_mutex_unlock(&d->wlock);
 	}
 	/* Leave no recv in flight on buffers destroy will unmap. */
-	for (i = 0; i < DEST_NCONN; i++)
-		if (d->conn[i].queued && d->conn[i].fd >= 0)
-			shutdown(d->conn[i].fd, SHUT_RDWR);
+	if (d->conn[DEST_MAIN].queued && d->conn[DEST_MAIN].fd >= 0)
+		shutdown(d->conn[DEST_MAIN].fd, SHUT_RDWR);
 	drain_recvs(d);
 	return NULL;
 }

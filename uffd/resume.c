@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -21,12 +22,37 @@
 #define BITMAP_MSG_BYTES (64u << 10)	/* 512 Ki host pages per RECV_BITMAP */
 #define RESEND_BATCH 1024u
 
-/* Our HELLO for a connection of this kind. Any thread. */
+/* Our HELLO for a connection of this kind. A connection that joins the
+ * session offers only what the session negotiated: a restarted source
+ * that adopts it then cannot turn on what this session never had (zlib
+ * from a source that did not offer it). Any thread. */
 void dest_hello_for(const struct pcopy_dest *d, uint32_t kind, struct wire_hello *h)
 {
 	*h = d->hello;
 	h->conn_kind = kind;
 	h->session_id = kind == PCOPY_CONN_MAIN ? 0 : d->session_id;
+	if (kind != PCOPY_CONN_MAIN)
+		h->features &= d->features;
+}
+
+/* Remember why a resume attempt failed, for the message if the pause
+ * ends at the deadline. A connection that could not even be made does not
+ * hide why a source that was reached refused. Any thread, without lock. */
+static void note_resume_failure(struct pcopy_dest *d, bool reached,
+				const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void note_resume_failure(struct pcopy_dest *d, bool reached,
+				const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&d->lock);
+	if (reached || !d->resume_why[0]) {
+		va_start(ap, fmt);
+		vsnprintf(d->resume_why, sizeof(d->resume_why), fmt, ap);
+		va_end(ap);
+	}
+	pthread_mutex_unlock(&d->lock);
 }
 
 /* Blocking mode, a send timeout (a peer that stops reading cannot hold our
@@ -192,12 +218,15 @@ static int resume_locked(struct pcopy_dest *d, int fd)
 	rc = conn_open(d, fd, PCOPY_CONN_RESUME, err, sizeof(err));
 	if (rc < 0) {
 		pcopy_log(&d->log, PCOPY_LOG_WARN, "resume handshake: %s", err);
+		note_resume_failure(d, true, "resume handshake: %s", err);
 		goto out_close;
 	}
 	rc = send_bitmaps(d, fd);
 	if (rc < 0) {
 		pcopy_log(&d->log, PCOPY_LOG_WARN, "resume: sending the received bitmap: %s",
 			  strerror(-rc));
+		note_resume_failure(d, true, "sending the received bitmap: %s",
+				    strerror(-rc));
 		goto out_close;
 	}
 	/* Atomic with respect to the fault thread: a request it records
@@ -217,9 +246,12 @@ static int resume_locked(struct pcopy_dest *d, int fd)
 		pthread_mutex_unlock(&d->lock);
 		pcopy_log(&d->log, PCOPY_LOG_WARN, "resume: re-sending requests: %s",
 			  strerror(-rc));
+		note_resume_failure(d, true, "re-sending requests: %s",
+				    strerror(-rc));
 		goto out_close;
 	}
 	DEST_STAT_ADD(d, resent_pages, (uint64_t)resent);
+	d->resume_why[0] = '\0';	/* the next pause starts afresh */
 	d->wfd[DEST_MAIN] = fd;
 	atomic_store(&d->last_tx_ns[DEST_MAIN], pcopy_now_ns());
 	d->handoff[DEST_MAIN] = fd;
@@ -237,21 +269,15 @@ out_close:
 }
 
 /*
- * Every page is in, DONE went out, but the main connection broke before
- * the source echoed it: the source may never have seen DONE and would wait
- * out its resume deadline, then fail. Resume once more with the (full)
- * received bitmap and send DONE again. Returns the new main fd, or -errno
- * (the fd is closed). Receiver thread, only with opts.connect.
+ * Resume on fd with the (full) received bitmap and DONE right after it.
+ * Returns fd, or -errno (the peer's errno if it refused; fd closed).
  */
-int dest_relink(struct pcopy_dest *d)
+static int relink_on(struct pcopy_dest *d, int fd)
 {
 	struct wire_hdr h = { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_DONE };
 	char err[PCOPY_ERRMSG_MAX];
-	int fd, rc;
+	int rc;
 
-	fd = d->connect(d->connect_opaque, 0);
-	if (fd < 0)
-		return fd;
 	rc = conn_open(d, fd, PCOPY_CONN_RESUME, err, sizeof(err));
 	if (rc < 0) {
 		pcopy_log(&d->log, PCOPY_LOG_INFO, "re-sending DONE: resume handshake: %s",
@@ -271,10 +297,75 @@ out_close:
 	return rc;
 }
 
+/*
+ * Every page is in, DONE went out, but the main connection broke before
+ * the source echoed it: the source may never have seen DONE and would wait
+ * out its resume deadline, then fail. Resume once more with the (full)
+ * received bitmap and send DONE again. Returns the new main fd, or -errno
+ * (the fd is closed). Receiver thread, only with opts.connect.
+ */
+int dest_relink(struct pcopy_dest *d)
+{
+	int fd = d->connect(d->connect_opaque, 0);
+
+	return fd < 0 ? fd : relink_on(d, fd);
+}
+
+/*
+ * pcopy_dest_resume after completion: tell the source DONE again on fd
+ * (relink_on) and wait, up to the handshake timeout, for its echo. Returns
+ * 0 once the source confirmed, -EALREADY if it had ended its session
+ * already (it heard DONE before), or -errno. Closes fd. Caller's thread.
+ */
+static int confirm_done(struct pcopy_dest *d, int fd)
+{
+	uint64_t dl = pcopy_now_ns() + (uint64_t)d->handshake_timeout_ms * 1000000ull;
+	char err[PCOPY_ERRMSG_MAX] = "";
+	int rc, type = 0;
+	socklen_t tl = sizeof(type);
+	uint8_t *buf;
+	struct wire_hdr h;
+
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0 ||
+	    type != SOCK_STREAM) {
+		close(fd);
+		return -ENOTSOCK;
+	}
+	fd = relink_on(d, fd);
+	if (fd < 0)
+		return fd == -ESHUTDOWN ? -EALREADY : fd;
+	buf = malloc(PCOPY_WIRE_PAYLOAD_MAX);
+	rc = buf ? 1 : -ENOMEM;
+	/* END and PING may come first; no PAGE: every bit was set */
+	while (rc == 1) {
+		rc = conn_recv_msg(fd, &h, buf, PCOPY_WIRE_PAYLOAD_MAX, dl, d->stop_efd,
+				   err, sizeof(err));
+		if (rc == 0 && h.type == PCOPY_MSG_DONE)
+			break;
+		if (rc == 0 && h.type != PCOPY_MSG_END && h.type != PCOPY_MSG_PING) {
+			snprintf(err, sizeof(err), "message type %u instead of the DONE echo",
+				 h.type);
+			rc = -EPROTO;
+		}
+		if (rc == 0)
+			rc = 1;
+	}
+	free(buf);
+	close(fd);
+	if (rc < 0)
+		pcopy_log(&d->log, PCOPY_LOG_WARN, "confirming DONE: %s",
+			  err[0] ? err : strerror(-rc));
+	else
+		pcopy_log(&d->log, PCOPY_LOG_INFO, "the source confirmed DONE");
+	return rc;
+}
+
 /* Returns 0, -EALREADY if not paused, or -errno; the restore stays paused
- * after an error. Caller's thread (or the reconnect thread). */
+ * after an error. After completion: make sure the source heard DONE
+ * (confirm_done). Caller's thread (or the reconnect thread). */
 int pcopy_dest_resume(struct pcopy_dest *d, int fd)
 {
+	bool complete;
 	int rc;
 
 	if (!d || fd < 0) {
@@ -290,6 +381,11 @@ int pcopy_dest_resume(struct pcopy_dest *d, int fd)
 		close(fd);
 		return -EOPNOTSUPP;
 	}
+	pthread_mutex_lock(&d->lock);
+	complete = d->done && d->result == 0;
+	pthread_mutex_unlock(&d->lock);
+	if (complete)
+		return confirm_done(d, fd);
 	pthread_mutex_lock(&d->resume_lock);
 	rc = resume_locked(d, fd);
 	pthread_mutex_unlock(&d->resume_lock);
@@ -340,7 +436,8 @@ int pcopy_dest_add_urgent(struct pcopy_dest *d, int fd)
 	if (rc < 0)
 		goto out_close;
 	pthread_mutex_unlock(&d->resume_lock);
-	dest_kick(d->recv_efd);
+	/* The fault thread reads the urgent connection (urgent.c). */
+	dest_kick(d->kick_efd);
 	pcopy_log(&d->log, PCOPY_LOG_INFO, "urgent connection added");
 	return 0;
 out_close:
@@ -401,6 +498,9 @@ void *dest_reconnect_main(void *arg)
 			attempt++;
 			fd = d->connect(d->connect_opaque, 0);
 			rc = fd >= 0 ? pcopy_dest_resume(d, fd) : fd;
+			if (fd < 0)
+				note_resume_failure(d, false, "connect: %s",
+						    strerror(-fd));
 			if (rc == 0) {
 				resumed = true;
 				pthread_mutex_lock(&d->lock);
