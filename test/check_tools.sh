@@ -3,7 +3,8 @@
 # postcopy-serve and postcopy-restore against each other: a sparse snapshot
 # file with two regions is served over a Unix socket and over loopback TCP,
 # restored, written out and compared byte for byte; a wrong --crc32 fails;
-# a non-loopback listen address is refused without --allow-remote.
+# a non-loopback listen address is refused without --allow-remote; a server
+# killed mid-restore and restarted with --adopt resumes the session.
 set -eu
 bin=${abs_top_builddir:-$(pwd)}/tools
 tmp=$(mktemp -d)
@@ -68,6 +69,26 @@ fi
 grep -qi "auth" "$tmp/err" || fail "wrong key refused without saying why: $(cat "$tmp/err")"
 kill $spid 2>/dev/null || true; wait $spid 2>/dev/null || true
 echo "ok: wrong key refused"
+
+# a server killed mid-restore (SIGKILL) and restarted with --adopt: the
+# restore reconnects on its own, resumes the session, and ends byte-exact.
+# 8 MiB of random data at --max-rate 2M keeps the first server busy ~4 s;
+# the adopting one (no limit) sends the rest at once.
+dd if=/dev/urandom of="$tmp/dense" bs=1M count=8 status=none
+"$bin/postcopy-serve" -q -l "$tmp/a.sock" -r "ram:$tmp/dense" --max-rate 2M &
+spid=$!
+"$bin/postcopy-restore" -q -c "$tmp/a.sock" -r ram:8M -o "$tmp/got" -t 60 -j \
+	> "$tmp/adopt.json" &
+rpid=$!
+sleep 1
+kill -9 $spid; wait $spid 2>/dev/null || true
+"$bin/postcopy-serve" -q -l "$tmp/a.sock" -r "ram:$tmp/dense" --adopt &
+spid=$!
+wait $rpid || fail "restore across a restarted server (--adopt) exited with $?"
+wait $spid || fail "adopting server exited with $?"
+cmp "$tmp/dense" "$tmp/got" || fail "restored image differs after the server restart"
+grep -q '"breaks":[1-9]' "$tmp/adopt.json" || fail "no break counted: $(cat "$tmp/adopt.json")"
+echo "ok: server killed and restarted with --adopt"
 
 if "$bin/postcopy-serve" -q -l 0.0.0.0:1 -r "ram:$snap" 2>"$tmp/err"; then
 	fail "non-loopback listen accepted without --allow-remote"

@@ -209,13 +209,16 @@ static void print_summary(const struct restore_opts *o, const struct pcopy_stats
 		       "\"pages_zero\":%llu,\"pages_raw\":%llu,\"pages_zlib\":%llu,"
 		       "\"bytes_wire\":%llu,\"faults\":%llu,\"requests\":%llu,"
 		       "\"duplicates\":%llu,\"lat_p50_ns\":%llu,\"lat_p99_ns\":%llu,"
-		       "\"lat_p999_ns\":%llu,\"crc32\":\"%08lx\"}\n",
+		       "\"lat_p999_ns\":%llu,\"breaks\":%llu,\"resent_pages\":%llu,"
+		       "\"urgent_pages\":%llu,\"crc32\":\"%08lx\"}\n",
 		       rc == 0 ? "true" : "false", rc == 0 ? "" : pcopy_strerror(rc), total, secs,
 		       (unsigned long long)st->pages_zero, (unsigned long long)st->pages_raw,
 		       (unsigned long long)st->pages_zlib, (unsigned long long)st->bytes_wire,
 		       (unsigned long long)st->faults, (unsigned long long)st->requests,
 		       (unsigned long long)st->duplicates, (unsigned long long)st->lat_p50_ns,
-		       (unsigned long long)st->lat_p99_ns, (unsigned long long)st->lat_p999_ns, crc);
+		       (unsigned long long)st->lat_p99_ns, (unsigned long long)st->lat_p999_ns,
+		       (unsigned long long)st->breaks, (unsigned long long)st->resent_pages,
+		       (unsigned long long)st->urgent_pages, crc);
 		return;
 	}
 	if (rc < 0) {

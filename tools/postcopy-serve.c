@@ -29,7 +29,8 @@ struct serve_opts {
 	struct serve_region regions[PCOPY_REGIONS_MAX];
 	unsigned nregions;
 	const char *listen;
-	bool zlib, allow_remote, quiet;
+	bool zlib, allow_remote, quiet, adopt;
+	unsigned long long max_rate;
 	const char *key_file;
 	long peer_uid;
 };
@@ -46,6 +47,9 @@ static void usage(FILE *f, const char *argv0)
 		"                         PAGESIZE (4K or 2M; default 4K); repeat per region,\n"
 		"                         in the destination's order; sizes take K/M/G\n"
 		"  -z, --zlib             offer zlib compression\n"
+		"      --adopt            restarted after a crash: resume the session of a\n"
+		"                         destination that reconnects (same image only)\n"
+		"      --max-rate BYTES   send at most BYTES per second (K/M/G suffixes)\n"
 		"      --allow-remote     listen on a non-loopback address (the image may\n"
 		"                         hold secrets: only on a trusted network)\n"
 		"      --key-file FILE    pre-shared key: the peer must prove it knows it\n"
@@ -86,6 +90,8 @@ static int parse_args(int argc, char **argv, struct serve_opts *o)
 		{ "listen", required_argument, NULL, 'l' },
 		{ "region", required_argument, NULL, 'r' },
 		{ "zlib", no_argument, NULL, 'z' },
+		{ "adopt", no_argument, NULL, 'A' },
+		{ "max-rate", required_argument, NULL, 'M' },
 		{ "allow-remote", no_argument, NULL, 'R' },
 		{ "quiet", no_argument, NULL, 'q' },
 		{ "key-file", required_argument, NULL, 'K' },
@@ -110,6 +116,13 @@ static int parse_args(int argc, char **argv, struct serve_opts *o)
 			o->nregions++;
 			break;
 		case 'z': o->zlib = true; break;
+		case 'A': o->adopt = true; break;
+		case 'M':
+			if (tool_parse_size(optarg, &o->max_rate) < 0 || o->max_rate == 0) {
+				fprintf(stderr, "postcopy-serve: bad --max-rate '%s'\n", optarg);
+				return -1;
+			}
+			break;
 		case 'R': o->allow_remote = true; break;
 		case 'q': o->quiet = true; break;
 		case 'K': o->key_file = optarg; break;
@@ -209,6 +222,9 @@ int main(int argc, char **argv)
 	}
 	if (o.zlib)
 		so.flags |= PCOPY_SOURCE_ZLIB;
+	if (o.adopt)
+		so.flags |= PCOPY_SOURCE_ADOPT;
+	so.max_rate_bps = o.max_rate;
 	rc = pcopy_source_create(&s, regions, o.nregions, &so);
 	if (rc < 0) {
 		fprintf(stderr, "postcopy-serve: %s\n", pcopy_strerror(rc));
