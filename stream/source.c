@@ -195,7 +195,7 @@ int pcopy_source_create(struct pcopy_source **sp,
 	s->opts = o;
 	if (!s->opts.zlib_level)
 		s->opts.zlib_level = 1;
-	if (!s->opts.handshake_timeout_ms)
+	if (s->opts.handshake_timeout_ms <= 0) /* as the destination does */
 		s->opts.handshake_timeout_ms = 10000;
 	s->batch = o.batch_bytes ? o.batch_bytes : SRC_BATCH_DEFAULT;
 	if (s->batch > SRC_BATCH_MAX)

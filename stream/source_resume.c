@@ -235,12 +235,15 @@ fail:
 /*
  * Wait until `want` bytes can be peeked at on fd (nothing consumed), or
  * the deadline. Returns 0, -ECONNRESET on EOF, -ETIMEDOUT or -errno. With
- * part of it there poll() would not wait, so then sleep 1 ms a round: the
- * destination's HELLO comes in one write, it only trickles through a
- * proxy that splits writes.
+ * part of it there poll() would not wait, so then sleep, 1 ms at first and
+ * doubling up to 64 ms: the destination's HELLO comes in one write and only
+ * trickles through a proxy that splits writes, while a peer that sends one
+ * byte and goes quiet must not wake us 1000 times a second.
  */
 static int peek_exact(int fd, uint8_t *buf, size_t want, uint64_t deadline)
 {
+	long nap_ns = 1000000;
+
 	for (;;) {
 		ssize_t n = recv(fd, buf, want, MSG_PEEK | MSG_DONTWAIT);
 		uint64_t now;
@@ -262,9 +265,11 @@ static int peek_exact(int fd, uint8_t *buf, size_t want, uint64_t deadline)
 
 			(void)poll(&p, 1, ms > 1000 ? 1000 : (int)ms);
 		} else {
-			struct timespec ts = { 0, 1000000 };
+			struct timespec ts = { 0, nap_ns };
 
 			nanosleep(&ts, NULL);
+			if (nap_ns < 64000000)
+				nap_ns *= 2;
 		}
 	}
 }

@@ -47,7 +47,9 @@ static void note_resume_failure(struct pcopy_dest *d, bool reached,
 	va_list ap;
 
 	pthread_mutex_lock(&d->lock);
-	if (reached || !d->resume_why[0]) {
+	/* Only while paused: a connect that failed after another resume
+	 * succeeded must not leave its reason for the next pause. */
+	if (atomic_load(&d->paused) && (reached || !d->resume_why[0])) {
 		va_start(ap, fmt);
 		vsnprintf(d->resume_why, sizeof(d->resume_why), fmt, ap);
 		va_end(ap);
@@ -342,6 +344,18 @@ static int confirm_done(struct pcopy_dest *d, int fd)
 				   err, sizeof(err));
 		if (rc == 0 && h.type == PCOPY_MSG_DONE)
 			break;
+		if (rc == 0 && h.type == PCOPY_MSG_ERROR) {
+			char why[256];
+			int e = 0;
+
+			rc = wire_error_decode(buf, h.length, &e, why, sizeof(why));
+			snprintf(err, sizeof(err), "source refused: %s",
+				 rc == 0 ? why : "(undecodable ERROR)");
+			if (e < 0)
+				e = -e;
+			rc = rc == 0 && e > 0 && e < 4096 ? -e : -EPROTO;
+			break;
+		}
 		if (rc == 0 && h.type != PCOPY_MSG_END && h.type != PCOPY_MSG_PING) {
 			snprintf(err, sizeof(err), "message type %u instead of the DONE echo",
 				 h.type);
