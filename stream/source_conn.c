@@ -379,6 +379,10 @@ static int urgent_entry(struct urgent *u, const struct wire_req *rq)
 	uint64_t last = (rq->offset + (uint64_t)rq->count * TP - 1) / r->page_size;
 	uint64_t own_lo, own_hi;
 	unsigned resent = 0;
+	/* A paced main connection holds little ahead of a page it sent: a
+	 * copy here would queue at the same bottleneck behind it, so it
+	 * would only add a duplicate. */
+	bool paced = src_link_budget(s) != SIZE_MAX;
 	int err;
 
 	/* pages of the run this connection sent: [own_lo, own_hi) */
@@ -400,8 +404,8 @@ static int urgent_entry(struct urgent *u, const struct wire_req *rq)
 			continue;
 		}
 		claimed = urgent_claim(u, r, p);
-		if (!claimed && r->first + p >= own_lo &&
-		    r->first + p < own_hi) {
+		if (!claimed && (paced || (r->first + p >= own_lo &&
+					   r->first + p < own_hi))) {
 			SRC_STAT_ADD(s, duplicates, 1);
 			continue;
 		}
