@@ -34,7 +34,8 @@ enum b_run {
 	RUN_LIB   = 1u << 3,
 	RUN_LIB_NOURG = 1u << 4,	/* ablation: no urgent connection */
 	RUN_LIB_NOBG  = 1u << 5,	/* ablation: no background stream */
-	RUN_ALL   = 0x3fu,
+	RUN_LIB_NOPACE = 1u << 6,	/* ablation: PCOPY_SOURCE_NO_PACING */
+	RUN_ALL   = 0x7fu,
 };
 
 /* The library runs: as shipped (urgent connection + background stream), and
@@ -43,6 +44,7 @@ enum b_lib_variant {
 	LIBV_FULL = 0,			/* "lib" */
 	LIBV_NOURG,			/* "lib_nourg": one connection only */
 	LIBV_NOBG,			/* "lib_nobg": PCOPY_SOURCE_NO_BACKGROUND */
+	LIBV_NOPACE,			/* "lib_nopace": PCOPY_SOURCE_NO_PACING */
 	LIBV_COUNT
 };
 
@@ -173,6 +175,7 @@ struct ctl_done {
 #define CTL_F_SRC_NODELAY 2u	/* TCP_NODELAY on the server's data socket */
 #define CTL_F_NO_URGENT   4u	/* source: PCOPY_SOURCE_NO_URGENT */
 #define CTL_F_NO_BG       8u	/* source: PCOPY_SOURCE_NO_BACKGROUND */
+#define CTL_F_NO_PACING  16u	/* source: PCOPY_SOURCE_NO_PACING */
 
 /* Serve sessions on listening socket lfd until QUIT or EOF. Returns exit
  * status for the process. */

@@ -36,13 +36,15 @@ static uint64_t verify_all(const uint8_t *base, size_t len)
 	return bad;
 }
 
-static const char *const variant_names[LIBV_COUNT] = { "lib", "lib_nourg", "lib_nobg" };
+static const char *const variant_names[LIBV_COUNT] = { "lib", "lib_nourg", "lib_nobg",
+								     "lib_nopace" };
 
 int run_lib(const struct b_opts *o, const struct b_addr *srv, enum b_order ord,
 	    enum b_lib_variant v, struct b_result *r)
 {
 	uint32_t flags = v == LIBV_NOURG ? CTL_F_NO_URGENT :
-			 v == LIBV_NOBG ? CTL_F_NO_BG : 0;
+			 v == LIBV_NOBG ? CTL_F_NO_BG :
+			 v == LIBV_NOPACE ? CTL_F_NO_PACING : 0;
 	/* Without the background stream only a run that touches every page
 	 * completes; the hot order shows what not streaming costs the hot set
 	 * and then ends without completing. */
@@ -212,6 +214,8 @@ int serve_lib(int lfd, int fd, const uint8_t *image, size_t len, int file_fd,
 	so.log = log_stderr;
 	if (flags & CTL_F_NO_URGENT)
 		so.flags |= PCOPY_SOURCE_NO_URGENT;
+	if (flags & CTL_F_NO_PACING)
+		so.flags |= PCOPY_SOURCE_NO_PACING;
 	/* No background: a hot-order run ends with the destination leaving
 	 * mid-restore, which must end the session now, not after a resume
 	 * deadline. */

@@ -30,9 +30,9 @@ static void usage(FILE *f, const char *argv0)
 		"  -m, --size MIB         image size (default 1024)\n"
 		"  -t, --touchers N       toucher threads (default 2)\n"
 		"  -o, --order LIST       none,seq,random,hot or all (default all)\n"
-		"  -r, --runs LIST        floor,raw,naive,lib,nourg,nobg or all (default all;\n"
-		"                         nourg/nobg: the library without its urgent\n"
-		"                         connection / background stream)\n"
+		"  -r, --runs LIST        floor,raw,naive,lib,nourg,nobg,nopace or all (default all;\n"
+		"                         nourg/nobg/nopace: the library without its urgent\n"
+		"                         connection / background stream / pacing)\n"
 		"  -l, --link NAME        unix | tcp (local server child), or a label\n"
 		"                         for --connect runs: tcp | veth-1g | veth-10g\n"
 		"      --link-gbit X      link rate for the link-utilisation ratio\n"
@@ -75,7 +75,7 @@ static int parse(int argc, char **argv, struct b_opts *o)
 {
 	static const char *const orders[] = { "none", "seq", "random", "hot" };
 	static const char *const runs[] = { "floor", "raw", "naive", "lib",
-					    "nourg", "nobg" };
+					    "nourg", "nobg", "nopace" };
 	static const struct option lo[] = {
 		{ "size", required_argument, NULL, 'm' },
 		{ "touchers", required_argument, NULL, 't' },
@@ -128,7 +128,7 @@ static int parse(int argc, char **argv, struct b_opts *o)
 				return -EINVAL;
 			break;
 		case 'r':
-			if (parse_list(optarg, runs, 6, &o->runs) < 0)
+			if (parse_list(optarg, runs, 7, &o->runs) < 0)
 				return -EINVAL;
 			break;
 		case 'l': o->link_name = optarg; break;
@@ -313,10 +313,11 @@ int main(int argc, char **argv)
 	}
 	for (int v = 0; v < LIBV_COUNT; v++) {
 		static const unsigned bit[LIBV_COUNT] = { RUN_LIB, RUN_LIB_NOURG,
-							  RUN_LIB_NOBG };
+							  RUN_LIB_NOBG, RUN_LIB_NOPACE };
 		static const char *const what[LIBV_COUNT] = {
 			"library", "library without urgent connection",
-			"library without background stream" };
+			"library without background stream",
+			"library without background pacing" };
 
 		if (!(o.runs & bit[v]))
 			continue;
