@@ -2466,6 +2466,79 @@ START_TEST(test_urgent)
 }
 END_TEST
 
+/*
+ * A bad frame on the urgent connection, which the fault thread reads: the
+ * whole host pages before it are placed (from that thread), the bad one is
+ * not; _i 0: without resume the restore fails with the frame's error (the
+ * receiver, told by the fault thread, ends); _i 1: with resume it pauses
+ * with the urgent connection's reason and fails at the deadline.
+ */
+START_TEST(test_urgent_bad)
+{
+	struct mem m[NREG];
+	struct pcopy_dest_opts o;
+	struct pcopy_stats st;
+	struct pcopy_dest *d;
+	struct fake f, u;
+	uint64_t a, t0;
+	unsigned i;
+	int fd, ufd, rc;
+
+	if (!alloc_regions(m, MT_ANON, false))
+		return;
+	opts_default(&o);
+	if (_i == 0)
+		o.flags |= PCOPY_DEST_NO_RESUME;
+	o.resume_deadline_ms = 300;
+	d = dest_new(m, NREG, &o);
+	fd = fake_start(&f, m, NREG, SC_HOLD);
+	f.offer = FEAT_ALL;
+	fake_run(&f);
+	ck_assert_int_eq(pcopy_dest_start(d, fd), 0);
+	ufd = fake_start(&u, m, NREG, SC_BAD_CRC);
+	u.offer = FEAT_ALL;
+	u.before = 3;
+	fake_run(&u);
+	ck_assert_int_eq(pcopy_dest_add_urgent(d, ufd), 0);
+	if (_i == 1) {
+		t0 = pcopy_now_ns();
+		while (!pcopy_dest_paused(d) && pcopy_now_ns() - t0 < 5000000000ull &&
+		       pcopy_dest_wait(d, 0) == -ETIMEDOUT)
+			usleep(1000);
+		ck_assert_int_eq(pcopy_dest_paused(d), 1);
+	}
+	rc = pcopy_dest_wait(d, 10000);
+	ck_assert_msg(rc == (_i == 0 ? -EBADMSG : -ENOLINK), "got %d (%s)", rc,
+		      pcopy_dest_error(d));
+	/* the urgent connection's reason, also after the pause */
+	ck_assert_msg(strstr(pcopy_dest_error(d), "crc"), "%s", pcopy_dest_error(d));
+	if (_i == 1)
+		ck_assert_msg(strstr(pcopy_dest_error(d), "no new connection"), "%s",
+			      pcopy_dest_error(d));
+	ck_assert_int_eq(atomic_load(&g_events), 1);
+	ck_assert_int_eq(pcopy_dest_stats(d, &st), 0);
+	ck_assert_uint_eq(st.breaks, _i == 1 ? 1u : 0u);
+	ck_assert_uint_eq(st.host_pages_received, 3);
+	ck_assert_uint_eq(st.urgent_pages, 3);
+	for (a = 0; a < m[0].len; a += TP)
+		ck_assert_msg(page_present(m[0].p + a) == (a < 3 * m[0].ps),
+			      "offset 0x%" PRIx64, a);
+	for (a = 0; a < 3 * m[0].ps; a += TP) {
+		uint8_t want[TP];
+
+		fill_tp(0, a / TP, (unsigned)(m[0].ps / TP), want);
+		ck_assert(!memcmp(m[0].p + a, want, TP));
+	}
+	atomic_store(&f.release, true);
+	pcopy_dest_destroy(d);
+	fake_end(&f);
+	fake_end(&u);
+	ck_assert_int_eq(u.hs_rc, 0);
+	for (i = 0; i < NREG; i++)
+		mem_free(&m[i]);
+}
+END_TEST
+
 /* Without an urgent offer from the source: -EOPNOTSUPP. */
 START_TEST(test_urgent_not_offered)
 {
@@ -2735,6 +2808,7 @@ static Suite *make_dest_suite(void)
 	tcase_add_checked_fixture(tc, reset_events, NULL);
 	tcase_set_timeout(tc, 60);
 	tcase_add_loop_test(tc, test_urgent, 0, MT_N);
+	tcase_add_loop_test(tc, test_urgent_bad, 0, 2);
 	tcase_add_test(tc, test_urgent_not_offered);
 	tcase_add_loop_test(tc, test_remove, 0, MT_N);
 	suite_add_tcase(s, tc);

@@ -214,9 +214,14 @@ bool rs_run(struct scen *sc, const struct tl_source_cfg *img)
 		 * failed at its resume deadline ends with -ENOLINK */
 		if (rc != -ETIMEDOUT || rs_now_ms() > end)
 			break;
-		ck_assert_msg(!pcopy_dest_error(r.d)[0], "%s: wait said -ETIMEDOUT "
-			      "(running) after the restore failed: %s", sc->name,
-			      pcopy_dest_error(r.d));
+		/* The message is set just before the end is published, so a
+		 * non-empty message with -ETIMEDOUT is a race, not a defect:
+		 * the end must follow promptly. */
+		if (pcopy_dest_error(r.d)[0])
+			ck_assert_msg(pcopy_dest_wait(r.d, 2000) != -ETIMEDOUT,
+				      "%s: wait still says -ETIMEDOUT (running) 2 s "
+				      "after the restore failed: %s", sc->name,
+				      pcopy_dest_error(r.d));
 		if (sc->hook)
 			sc->hook(&r, sc, rs_now_ms() - t0);
 		if (sc->manual && pcopy_dest_paused(r.d) == 1) {

@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include <unistd.h>
 #include "internal.h"
 
 /* Zero runs: no data to stage, only bounded so one ioctl stays short. */
@@ -232,16 +231,9 @@ static enum recv_end handle_page(struct pcopy_dest *d, struct dest_conn *c,
 	case PCOPY_KIND_ZLIB:
 		rc = codec_zlib_decompress(c->zlib, payload, h->length, dst, n,
 					   err, sizeof(err));
-		if (rc < 0) {
-			/* DPERF-DEBUG */
-			struct codec_zlib *z2 = NULL; char e2[200]; int rc2;
-			codec_zlib_new(&z2, false, 0);
-			rc2 = codec_zlib_decompress(z2, payload, h->length, dst, n, e2, sizeof(e2));
-			pcopy_log(&d->log, PCOPY_LOG_ERROR, "DPERF conn %u len %u n %lu fresh rc %d tid %ld", c->idx, h->length, (unsigned long)n, rc2, (long)gettid());
-			codec_zlib_free(z2);
+		if (rc < 0)
 			return bad(d, c, rc, "PAGE region '%s' offset 0x%" PRIx64 ": %s",
 				   r->name, h->offset, err);
-		}
 		DEST_STAT_ADD(d, pages_zlib, h->count);
 		break;
 	default:	/* wire_page_validate rejects other kinds */
