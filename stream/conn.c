@@ -311,6 +311,16 @@ static int refuse(int fd, int code, char *err)
 	return code;
 }
 
+/* Put "handshake: <what>: " before err, so a timeout or a cut inside a
+ * message's payload says which message it was. */
+static void prefix_what(char *err, size_t errlen, const char *what)
+{
+	char tail[256];
+
+	snprintf(tail, sizeof(tail), "%s", err);
+	snprintf(err, errlen, "handshake: %s: %s", what, tail);
+}
+
 /*
  * Receive one handshake message of type `want` (and, for AUTH, kind
  * `want_kind`) into buf. An ERROR from the peer becomes its errno with "peer
@@ -342,6 +352,8 @@ static int hs_recv(int fd, unsigned want, unsigned want_kind,
 	if (ret) {
 		if (ret == -EPROTO || ret == -EBADMSG)
 			conn_send_error(fd, -ret, err);
+		else
+			prefix_what(err, errlen, what);
 		return ret;
 	}
 	if (h->type == PCOPY_MSG_ERROR) {

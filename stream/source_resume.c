@@ -37,8 +37,15 @@ static int read_bitmap(struct pcopy_source *s, int fd, uint8_t *buf,
 		msg[0] = '\0';
 		err = conn_recv_msg(fd, &h, buf, PCOPY_WIRE_PAYLOAD_MAX,
 				    deadline, s->stop_fd, msg, len);
-		if (err)
+		if (err) {
+			char why[200];
+
+			/* say what we were waiting for: a timeout or a cut
+			 * reads the same anywhere else */
+			snprintf(why, sizeof(why), "%s", msg[0] ? msg : strerror(-err));
+			snprintf(msg, len, "resume: waiting for RECV_BITMAP: %s", why);
 			break;
+		}
 		if (h.type == PCOPY_MSG_PING)
 			continue;
 		if (h.type != PCOPY_MSG_RECV_BITMAP) {

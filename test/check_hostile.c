@@ -582,7 +582,7 @@ enum ad {
  * on without saying it was waiting for the rest of the bitmap). Left out so
  * the suite stays green; the cases still check errno, timing and CPU.
  */
-#define AD_SHOW_MSG_DEFECTS 0
+#define AD_SHOW_MSG_DEFECTS 1
 
 static const struct ad_case {
 	const char *name;
@@ -593,40 +593,41 @@ static const struct ad_case {
 	const char *want;	/* should be in the message, is not (see
 				   AD_SHOW_MSG_DEFECTS) */
 } ad_cases[AD_COUNT] = {
-	[AD_GOOD] = { "adopt-honest", 0, 0, { NULL }, NULL },
-	[AD_MAIN_FIRST] = { "adopt-flag-main-first", 0, 0, { NULL }, NULL },
+	[AD_GOOD] = { "adopt-honest", 0, 0, { NULL }, NULL, NULL },
+	[AD_MAIN_FIRST] = { "adopt-flag-main-first", 0, 0, { NULL }, NULL, NULL },
 	[AD_WRONG_KEY] = { "adopt-wrong-key", -EACCES, -EACCES,
 			   { "adopting a session", "authentication failed" },
-			   "authentication failed" },
+			   "authentication failed", NULL },
 	[AD_DEST_NO_KEY] = { "adopt-dest-has-no-key", -EACCES, -EACCES,
 			     { "adopting a session", "offers no authentication" },
-			     NULL },
+			     NULL, NULL },
 	[AD_SRC_NO_KEY] = { "adopt-source-has-no-key", -EACCES, -EACCES,
 			    { "adopting a session", "requires a pre-shared key" },
-			    NULL },
+			    NULL, NULL },
 	[AD_SESSION_ZERO] = { "adopt-session-0", -EPROTO, -EPROTO,
 			      { "RESUME", "unknown session 0x0000000000000000" },
-			      "unknown session" },
+			      "unknown session", NULL },
 	[AD_URGENT_FIRST] = { "adopt-urgent-first", -EPROTO, -EPROTO,
-			      { "URGENT", "unknown session" }, "unknown session" },
+			      { "URGENT", "unknown session" }, "unknown session",
+			      NULL },
 	[AD_TABLE_LENGTH] = { "adopt-table-length", -EPROTO, -EPROTO,
 			      { "cannot adopt", "length 262144 here, 524288 at the peer" },
-			      "length 262144 here, 524288 at the peer" },
+			      "length 262144 here, 524288 at the peer", NULL },
 	[AD_TABLE_PAGESIZE] = { "adopt-table-page-size", -EPROTO, -EPROTO,
 				{ "cannot adopt", "host page 4096 here, 8192 at the peer" },
-				"host page 4096 here, 8192 at the peer" },
+				"host page 4096 here, 8192 at the peer", NULL },
 	[AD_TABLE_COUNT] = { "adopt-table-region-count", -EPROTO, -EPROTO,
 			     { "cannot adopt", "region count: 1 here, 2 at the peer" },
-			     "region count: 1 here, 2 at the peer" },
+			     "region count: 1 here, 2 at the peer", NULL },
 	[AD_TABLE_NAME] = { "adopt-table-name", -EPROTO, -EPROTO,
 			    { "cannot adopt", "name 'ram' here, 'rom' at the peer" },
-			    "name 'ram' here, 'rom' at the peer" },
+			    "name 'ram' here, 'rom' at the peer", NULL },
 	[AD_GARBAGE] = { "adopt-garbage-not-hello", -EPROTO, -EPROTO,
-			 { "handshake failed", "bad magic" }, "bad magic" },
+			 { "handshake failed", "bad magic" }, "bad magic", NULL },
 	/* the handshake's -ETIMEDOUT; the session ends with -ENOLINK, as
 	 * pcopy_source_wait keeps -ETIMEDOUT for "your timeout passed" */
 	[AD_ONE_BYTE] = { "adopt-one-byte-then-silence", -ETIMEDOUT, -ENOLINK,
-			  { "handshake failed", "HELLO", "timed out" }, NULL },
+			  { "handshake failed", "HELLO", "timed out" }, NULL, NULL },
 	[AD_HALF_HELLO] = { "adopt-half-hello-then-silence", -ETIMEDOUT, -ENOLINK,
 			    { "handshake failed", "payload", "timed out" }, NULL,
 			    "HELLO" },
@@ -642,7 +643,7 @@ static const struct ad_case {
 	/* the first resume ends at EOF mid-bitmap: still paused, and an
 	 * honest resume (pcopy_source_add_conn) completes the session */
 	[AD_BITMAP_EOF_THEN_HONEST] = { "adopt-bitmap-eof-then-honest-resume", 0, 0,
-					{ NULL }, NULL },
+					{ NULL }, NULL, NULL },
 };
 
 struct ad_start {
