@@ -68,7 +68,7 @@ if command -v valgrind >/dev/null; then
 	# don't (check_dest gates itself; for check_e2e, the no-touch restores;
 	# check_recovery cannot run). PROG or PROG:TCASE.
 	for spec in check_wire check_source check_dest check_proxy check_auth check_fuzz \
-		    check_hostile check_e2e:no-touch; do
+		    check_hostile check_adopt check_e2e:no-touch; do
 		t=${spec%%:*}
 		case "$spec" in *:*) tcase=${spec#*:} ;; *) tcase= ;; esac
 		[ -x "$vdir/test/$t" ] || continue
