@@ -252,6 +252,11 @@ struct pcopy_source {
 					   background scan goes on (set by the
 					   urgent thread: faults cluster); 0:
 					   none */
+	_Atomic uint64_t urg_req_ns;	/* when the urgent thread last read a
+					   REQ; 0: never (the sender's priority
+					   follows it, source_send.c) */
+	int bg_nice_base;		/* sender thread only: its niceness */
+	bool bg_niced, bg_nice_stuck;	/* sender thread only */
 	struct src_counters st;
 };
 

@@ -79,6 +79,7 @@ static int on_req(struct pcopy_source *s, uint64_t gen,
 	unsigned i;
 	int err;
 
+	atomic_store_explicit(&s->urg_req_ns, pcopy_now_ns(), memory_order_relaxed);
 	if (h->count < 1 || h->count > PCOPY_REQ_MAX_ENTRIES ||
 	    h->length != (uint64_t)h->count * PCOPY_REQ_ENTRY_SIZE) {
 		src_break(s, gen, -EPROTO, true,

@@ -28,6 +28,7 @@
  * 0.49 s / 140 us, +10 0.07 s / 0.57 s / 180 us: the background then
  * yields too much to the touching threads. */
 #define BG_NICE 5
+#define BG_NICE_HOLD_NS (50u * 1000000u)
 
 static bool unsent_test(struct src_region *r, uint64_t p)
 {
@@ -492,6 +493,8 @@ static int finish(struct src_tx *tx)
  * their own gatherer, flushed at once; then END and idle.
  * Returns 0 when the generation ended (break or end of session), or -errno.
  */
+static void background_priority(struct pcopy_source *s);
+
 static int stream(struct pcopy_source *s, struct src_tx *tx,
 		  struct src_tx *rtx)
 {
@@ -505,6 +508,7 @@ static int stream(struct pcopy_source *s, struct src_tx *tx,
 		size_t budget = s->batch, room;
 		uint64_t wait;
 
+		background_priority(s);
 		err = serve_requests(s, rtx, &cur, UINT64_MAX);
 		if (err)
 			return err;
@@ -658,22 +662,33 @@ static void echo_done(int fd)
 }
 
 /*
- * Lower the calling thread's priority when requests have their own thread
- * (the urgent connection was negotiated): the bulk stream should yield the
- * CPU to it. Best effort: only this thread, never raised back.
+ * While the urgent thread is serving requests (one read within the last
+ * BG_NICE_HOLD_NS), run the bulk stream BG_NICE lower so that thread and
+ * the application win the CPU; otherwise at the caller's priority, since
+ * with nothing faulting a niced sender only slows the restore down.
+ * Best effort, this thread only: without CAP_SYS_NICE (or RLIMIT_NICE) the
+ * niceness cannot be lowered again, and then it stays raised. Sender thread.
  */
 static void background_priority(struct pcopy_source *s)
 {
-	id_t tid = (id_t)syscall(SYS_gettid);
-	int cur;
+	uint64_t last = atomic_load_explicit(&s->urg_req_ns, memory_order_relaxed);
+	bool want = last && pcopy_now_ns() - last < BG_NICE_HOLD_NS;
+	id_t tid;
 
-	if (!(s->features & PCOPY_FEAT_URGENT))
+	if (want == s->bg_niced || s->bg_nice_stuck)
 		return;
-	errno = 0;
-	cur = getpriority(PRIO_PROCESS, tid);
-	if (cur == -1 && errno)
+	tid = (id_t)syscall(SYS_gettid);
+	if (!s->bg_niced) {
+		errno = 0;
+		s->bg_nice_base = getpriority(PRIO_PROCESS, tid);
+		if (s->bg_nice_base == -1 && errno)
+			return;
+	}
+	if (setpriority(PRIO_PROCESS, tid, s->bg_nice_base + (want ? BG_NICE : 0)) < 0) {
+		s->bg_nice_stuck = s->bg_niced;	/* could not lower it again */
 		return;
-	(void)setpriority(PRIO_PROCESS, tid, cur + BG_NICE);
+	}
+	s->bg_niced = want;
 }
 
 /*
@@ -690,7 +705,6 @@ void *src_sender_main(void *arg)
 	bool done;
 	int err;
 
-	background_priority(s);
 	while (next_conn(s, tx)) {
 		src_tx_drop(tx);
 		src_tx_drop(rtx);
