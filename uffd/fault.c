@@ -11,6 +11,7 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -244,6 +245,66 @@ static void fault_again(struct pcopy_dest *d, void *arg)
 }
 
 /*
+ * The fault thread waits twice per fault (for the fault, for the answer):
+ * epoll keeps the four fds registered instead of setting up four wait
+ * queues per poll(). poll() stays as the fallback when epoll fails.
+ */
+struct fault_wait {
+	int ep;		/* -1: use poll() */
+	int reg;	/* urgent fd registered, -1: none */
+};
+
+static void fwait_init(struct pcopy_dest *d, struct fault_wait *w)
+{
+	const int fds[3] = { d->uffd, d->stop_efd, d->kick_efd };
+	unsigned i;
+
+	w->reg = -1;
+	w->ep = epoll_create1(EPOLL_CLOEXEC);
+	for (i = 0; i < 3 && w->ep >= 0; i++) {
+		struct epoll_event ev = { .events = EPOLLIN, .data.u32 = i };
+
+		if (epoll_ctl(w->ep, EPOLL_CTL_ADD, fds[i], &ev) < 0) {
+			close(w->ep);
+			w->ep = -1;
+		}
+	}
+}
+
+/* Watch urgent fd `fd` (-1: none). `changed`: the connection may have been
+ * replaced by one with the same number (a closed fd leaves epoll by itself,
+ * its successor is not in it). */
+static void fwait_urgent(struct fault_wait *w, int fd, bool changed)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.u32 = 3 };
+
+	if (w->ep < 0 || (fd == w->reg && !changed))
+		return;
+	if (w->reg >= 0)	/* EBADF/ENOENT if it was closed: fine */
+		(void)epoll_ctl(w->ep, EPOLL_CTL_DEL, w->reg, NULL);
+	w->reg = -1;
+	if (fd >= 0 && epoll_ctl(w->ep, EPOLL_CTL_ADD, fd, &ev) == 0)
+		w->reg = fd;
+}
+
+/* Fill p[i].revents like poll() would. Returns poll()'s result. */
+static int fwait(struct fault_wait *w, struct pollfd *p, int timeout)
+{
+	struct epoll_event ev[4];
+	int n, i;
+
+	if (w->ep < 0 || w->reg != p[3].fd)
+		return poll(p, 4, timeout);
+	n = epoll_wait(w->ep, ev, 4, timeout);
+	for (i = 0; i < 4; i++)
+		p[i].revents = 0;
+	for (i = 0; i < n; i++)
+		if (ev[i].data.u32 < 4)
+			p[ev[i].data.u32].revents = (short)ev[i].events;
+	return n;
+}
+
+/*
  * Thread body: runs from pcopy_dest_start until destroy writes stop_efd,
  * even after completion or failure (it must keep holding or signalling the
  * faulting threads, and reading events). Returns NULL. Fault thread.
@@ -256,6 +317,7 @@ void *dest_fault_main(void *arg)
 	struct uffd_msg *faults = q.m;
 	unsigned *nfp = &q.n;
 	bool woke_all = false, sync = true;
+	struct fault_wait w;
 	struct pollfd p[4] = {
 		{ .fd = d->uffd, .events = POLLIN },
 		{ .fd = d->stop_efd, .events = POLLIN },
@@ -265,13 +327,15 @@ void *dest_fault_main(void *arg)
 
 	d->conn[DEST_URGENT].on_again = fault_again;
 	d->conn[DEST_URGENT].again_arg = &q;
+	fwait_init(d, &w);
 	for (;;) {
 		if (sync)
 			urg_sync(d);
-		sync = false;
 		p[3].fd = urg_fd(d);
+		fwait_urgent(&w, p[3].fd, sync);
+		sync = false;
 		/* Faults waiting on an unread event: look again soon. */
-		if (poll(p, 4, *nfp ? 1 : -1) < 0) {
+		if (fwait(&w, p, *nfp ? 1 : -1) < 0) {
 			if (errno != EINTR) {
 				pcopy_log(&d->log, PCOPY_LOG_ERROR,
 					  "fault thread: poll: %s", strerror(errno));
@@ -304,5 +368,7 @@ void *dest_fault_main(void *arg)
 			resolve(d, &b, faults, nfp);
 		}
 	}
+	if (w.ep >= 0)
+		close(w.ep);
 	return NULL;
 }
