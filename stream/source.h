@@ -255,6 +255,8 @@ struct pcopy_source {
 	_Atomic uint64_t urg_req_ns;	/* when the urgent thread last read a
 					   REQ; 0: never (the sender's priority
 					   follows it, source_send.c) */
+	bool pace_loopback;		/* tests only: pace a loopback peer too
+					   (set before start) */
 	int bg_nice_base;		/* sender thread only: its niceness */
 	bool bg_niced, bg_nice_stuck;	/* sender thread only */
 	struct src_counters st;

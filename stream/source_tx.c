@@ -100,7 +100,7 @@ bool src_sockopts(struct pcopy_source *s, int fd, bool urgent)
 	}
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat,
 			 sizeof(lowat));
-	if (pace && peer_is_loopback(fd))
+	if (pace && !s->pace_loopback && peer_is_loopback(fd))
 		return false;
 	if (pace)
 		(void)setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, "bbr", 3);

@@ -2102,8 +2102,9 @@ START_TEST(test_end_after_urgent)
 }
 END_TEST
 
-/* PCOPY_SOURCE_NO_PACING is a valid flag, and a restore with it (over TCP
- * loopback, where the pacing would apply) is complete; so is one without. */
+/* A restore over TCP loopback, paced (the source paces loopback peers only
+ * when a test asks) and with PCOPY_SOURCE_NO_PACING: both complete; only the
+ * paced one measures the link's delivery rate. */
 START_TEST(test_no_pacing_tcp)
 {
 	struct image im;
@@ -2131,9 +2132,15 @@ START_TEST(test_no_pacing_tcp)
 	close(ss.start_err);
 	ss.d.fd = cfd;
 	ss.start_err = sfd;
+	ss.s->pace_loopback = true;
 	session_start(&ss);
 	session_finish(&ss, 20000);
 	assert_clean_run(&ss);
+	if (_i)
+		ck_assert_uint_eq(atomic_load(&ss.s->link_rate), 0);
+	else
+		ck_assert_msg(atomic_load(&ss.s->link_rate) > 0,
+			      "paced, but no delivery rate was measured");
 	session_free(&ss);
 	image_free(&im);
 }
