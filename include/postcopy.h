@@ -155,9 +155,14 @@ enum pcopy_fail_mode {
 typedef int (*pcopy_connect_fn)(void *opaque, int urgent);
 
 /*
- * Event callback: called once, from a library-owned thread (the receiver or
- * the fault thread), when the restore completes (err == 0) or fails
- * (err < 0; pcopy_dest_error() has the message). Must not destroy the handle.
+ * Event callback: called once, from a library-owned thread, when the restore
+ * completes (err == 0) or fails (err < 0; pcopy_dest_error() has the
+ * message). Completion: the receiver or the fault thread (by then every
+ * page is in). Failure: the receiver thread, also for failures the fault
+ * thread finds (it hands them over), so the callback may take a lock that
+ * an application thread blocked on a missing page holds: the fault thread
+ * stays free to release that thread (PCOPY_FAIL_SIGBUS). Must not destroy
+ * the handle.
  */
 typedef void (*pcopy_dest_event_fn)(void *opaque, int err);
 

@@ -218,6 +218,9 @@ enum script {
 	SC_HOLD,	/* `before` host pages, then only read until `release`,
 			   then everything not sent on this connection */
 	SC_URGENT_SRV,	/* an urgent connection: answer REQs until `release` */
+	SC_URGENT_FLOOD,/* urgent: after the first REQ, send region 1 again and
+			   again without reading until `flood_end`, then as
+			   SC_URGENT_SRV */
 };
 
 /* How the fake source breaks a connection (SC_RESUME). */
@@ -251,6 +254,7 @@ struct fake {
 	struct cut cuts[6];	/* SC_RESUME */
 	unsigned ncuts;
 	atomic_bool release;	/* SC_HOLD: go on */
+	atomic_bool flood_end;	/* SC_URGENT_FLOOD: serve requests now */
 	/* the next connection (resume / urgent), handed in by the test */
 	pthread_mutex_t hand_lock;
 	pthread_cond_t hand_cond;
@@ -956,6 +960,14 @@ static void *fake_main(void *arg)
 	case SC_HOLD:
 		fake_hold(f);
 		break;
+	case SC_URGENT_FLOOD:
+		while (!f->req_msgs)
+			if (fake_poll_msg(f, 100) < 0)
+				return NULL;
+		for (i = 0; !atomic_load(&f->flood_end); i++)
+			if (fake_send_hp(f, 1, i % (f->len[1] / f->ps[1])))
+				return NULL;
+		/* fall through */
 	case SC_URGENT_SRV:
 		fake_urgent(f);
 		break;
@@ -2718,6 +2730,324 @@ START_TEST(test_remove)
 }
 END_TEST
 
+static void reset_events(void);
+
+/*
+ * The restore completes during a pause with no deadline, on the fault
+ * thread: the application removed every missing page (REMOVE events). The
+ * receiver, asleep in the pause, must notice (it has completion work: the
+ * DONE for the source) and leave it; it used to sleep there until destroy.
+ */
+START_TEST(test_remove_completes_pause)
+{
+	struct mem m[NREG];
+	struct pcopy_dest_opts o;
+	struct pcopy_stats st;
+	struct pcopy_dest *d;
+	struct fake f;
+	uint64_t t0;
+	unsigned i;
+	int fd;
+
+	if (!alloc_regions(m, MT_ANON, false))
+		return;
+	opts_default(&o);
+	o.flags |= PCOPY_DEST_HANDLE_REMOVE;
+	o.resume_deadline_ms = -1;
+	d = dest_new(m, NREG, &o);
+	fd = fake_start(&f, m, NREG, SC_EOF);
+	f.offer = FEAT_ALL;
+	f.before = 2;
+	fake_run(&f);
+	ck_assert_int_eq(pcopy_dest_start(d, fd), 0);
+	t0 = pcopy_now_ns();
+	while (!pcopy_dest_paused(d) && pcopy_now_ns() - t0 < 5000000000ull)
+		usleep(1000);
+	ck_assert_int_eq(pcopy_dest_paused(d), 1);
+	/* the balloon takes everything that is missing */
+	ck_assert_int_eq(madvise(m[0].p + 2 * m[0].ps, m[0].len - 2 * m[0].ps,
+				 MADV_DONTNEED), 0);
+	ck_assert_int_eq(madvise(m[1].p, m[1].len, MADV_DONTNEED), 0);
+	ck_assert_int_eq(pcopy_dest_wait(d, 10000), 0);
+	ck_assert_int_eq(atomic_load(&g_events), 1);
+	ck_assert_int_eq(atomic_load(&g_event_err), 0);
+	/* the receiver left the pause (nothing to resume for) */
+	t0 = pcopy_now_ns();
+	while (pcopy_dest_paused(d) && pcopy_now_ns() - t0 < 3000000000ull)
+		usleep(1000);
+	ck_assert_int_eq(pcopy_dest_paused(d), 0);
+	ck_assert_int_eq(pcopy_dest_stats(d, &st), 0);
+	ck_assert_uint_eq(st.host_pages_received, st.host_pages_total);
+	ck_assert_uint_eq(st.breaks, 1);
+	pcopy_dest_destroy(d);
+	fake_end(&f);
+	for (i = 0; i < NREG; i++)
+		mem_free(&m[i]);
+}
+END_TEST
+
+/*
+ * Both threads place pages: the receiver (main connection, everything) and
+ * the fault thread (urgent answers). When one places the last page, the
+ * memory is unregistered and the other's copy of the same page meets
+ * ENOENT: a duplicate, not a failure (it used to end the linger for the
+ * DONE echo with an ERROR to the source and a "after the restore ended"
+ * warning). A race, not forced: many small restores whose faults hit the
+ * pages the main connection sends last.
+ */
+static atomic_int g_warn_after;
+
+static void log_count_cb(void *opaque, enum pcopy_log_level lvl, const char *msg)
+{
+	if (lvl <= PCOPY_LOG_WARN && strstr(msg, "after the restore ended"))
+		atomic_fetch_add(&g_warn_after, 1);
+	if (!strstr(msg, "no DONE from the source"))	/* expected here */
+		log_cb(opaque, lvl, msg);
+}
+
+START_TEST(test_urgent_last_page_race)
+{
+	unsigned round, i, rounds = 30, raced = 0;
+	int warned;
+
+	atomic_store(&g_warn_after, 0);
+	for (round = 0; round < rounds; round++) {
+		struct mem m[NREG];
+		struct pcopy_dest_opts o;
+		struct pcopy_dest *d;
+		struct toucher tt;
+		struct fake f, u;
+		int fd, ufd, rc;
+
+		reset_events();
+		if (!alloc_regions(m, MT_ANON, false))
+			return;
+		opts_default(&o);
+		o.log = log_count_cb;
+		o.handshake_timeout_ms = 200;	/* the fake never echoes DONE */
+		d = dest_new(m, NREG, &o);
+		fd = fake_start(&f, m, NREG, SC_NORMAL);
+		f.offer = FEAT_ALL;
+		fake_run(&f);
+		ck_assert_int_eq(pcopy_dest_start(d, fd), 0);
+		ufd = fake_start(&u, m, NREG, SC_URGENT_SRV);
+		u.offer = FEAT_ALL;
+		fake_run(&u);
+		rc = pcopy_dest_add_urgent(d, ufd);
+		/* the main connection may have been quicker: then no race */
+		ck_assert_msg(rc == 0 || (rc == -EALREADY && pcopy_dest_wait(d, 0) == 0),
+			      "add_urgent: %d", rc);
+		/* from the end: the pages the main connection sends last */
+		tt = (struct toucher){ .m = m, .nreg = NREG, .order = 1 };
+		ck_assert_int_eq(pthread_create(&tt.thr, NULL, toucher_main, &tt), 0);
+		ck_assert_int_eq(pcopy_dest_wait(d, 20000), 0);
+		pthread_join(tt.thr, NULL);
+		ck_assert_uint_eq(atomic_load(&tt.bad), 0);
+		for (i = 0; i < NREG; i++)
+			verify_region(&m[i], i);
+		/* the linger got the echo: the source saw DONE, no ERROR */
+		pcopy_dest_destroy(d);
+		atomic_store(&u.release, true);
+		fake_end(&f);
+		fake_end(&u);
+		ck_assert_int_eq(f.fail_line, 0);
+		ck_assert_int_eq(u.fail_line, 0);
+		ck_assert(f.got_done);
+		ck_assert(!f.got_error);
+		ck_assert(!u.got_error);
+		raced += rc == 0;
+		ck_assert_int_eq(atomic_load(&g_events), 1);
+		ck_assert_int_eq(atomic_load(&g_event_err), 0);
+		warned = atomic_load(&g_warn_after);
+		ck_assert_msg(warned == 0, "round %u: a failure recorded after completion", round);
+		for (i = 0; i < NREG; i++)
+			mem_free(&m[i]);
+	}
+	ck_assert_uint_gt(raced, rounds / 2);	/* the urgent one came in time */
+}
+END_TEST
+
+/*
+ * SIGBUS mode, a failure found by the fault thread (a bad frame on the
+ * urgent connection), and an on_event callback that takes a lock held by an
+ * application thread blocked on a missing page. Only the fault thread can
+ * send that thread its SIGBUS: the callback must not run there, or neither
+ * ever goes on. In a child: exit 0 if the thread got SIGBUS and the
+ * callback ran (on another thread) and the wait returned the error.
+ */
+static pthread_mutex_t g_app_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_int g_locked_event_err, g_locked_event_tid;
+
+static void locked_event_cb(void *opaque, int err)
+{
+	(void)opaque;
+	pthread_mutex_lock(&g_app_lock);
+	atomic_store(&g_locked_event_err, err);
+	atomic_store(&g_locked_event_tid, (int)syscall(SYS_gettid));
+	pthread_mutex_unlock(&g_app_lock);
+}
+
+static void *locked_toucher(void *arg)
+{
+	struct sb_toucher *s = arg;
+	sigjmp_buf jb;
+
+	pthread_mutex_lock(&g_app_lock);
+	if (sigsetjmp(jb, 1) == 0) {
+		tl_jmp = &jb;
+		(void)*s->addr;
+		tl_jmp = NULL;
+		atomic_store(&s->result, 2);
+	} else {
+		tl_jmp = NULL;
+		atomic_store(&s->result, 1);
+	}
+	pthread_mutex_unlock(&g_app_lock);
+	return NULL;
+}
+
+static void sigbus_lock_child(void)
+{
+	struct mem m[NREG];
+	struct pcopy_dest_opts o;
+	struct pcopy_dest *d;
+	struct sb_toucher a;
+	struct sigaction sa;
+	struct fake f, u;
+	int fd, ufd, i, rc;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = sigbus_handler;
+	sa.sa_flags = SA_SIGINFO;
+	sigaction(SIGBUS, &sa, NULL);
+	if (!alloc_regions(m, MT_ANON, false))
+		_exit(3);
+	opts_default(&o);
+	o.fail_mode = PCOPY_FAIL_SIGBUS;
+	o.flags |= PCOPY_DEST_NO_RESUME;
+	o.on_event = locked_event_cb;
+	d = dest_new(m, NREG, &o);
+	fd = fake_start(&f, m, NREG, SC_HOLD);
+	f.offer = FEAT_ALL;
+	fake_run(&f);
+	if (pcopy_dest_start(d, fd))
+		_exit(4);
+	/* the urgent source answers the first request with a bad frame */
+	ufd = fake_start(&u, m, NREG, SC_WAIT_REQ_BAD);
+	u.offer = FEAT_ALL;
+	u.bad = SC_BAD_CRC;
+	fake_run(&u);
+	if (pcopy_dest_add_urgent(d, ufd))
+		_exit(6);
+	a = (struct sb_toucher){ .addr = m[1].p + TP };
+	pthread_create(&a.thr, NULL, locked_toucher, &a);
+	rc = pcopy_dest_wait(d, 10000);
+	if (rc != -EBADMSG)
+		_exit(rc == -ETIMEDOUT ? 7 : 8);	/* 7: the callback is stuck */
+	for (i = 0; i < 5000 && !atomic_load(&a.result); i++)
+		usleep(1000);
+	if (atomic_load(&a.result) != 1)
+		_exit(10 + atomic_load(&a.result));
+	pthread_join(a.thr, NULL);
+	if (atomic_load(&g_locked_event_err) != -EBADMSG)
+		_exit(20);
+	atomic_store(&f.release, true);
+	pcopy_dest_destroy(d);
+	fake_end(&f);
+	fake_end(&u);
+	_exit(0);
+}
+
+START_TEST(test_sigbus_event_lock)
+{
+	pid_t pid;
+	int st;
+
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0)
+		sigbus_lock_child();
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+		      "child status 0x%x exit %d", st, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+}
+END_TEST
+
+/*
+ * The fault thread is the urgent connection's only writer of REQs and its
+ * only reader. A source that answers (here: floods) without reading while
+ * REQs pile up must not get both sides stuck in a write until the send
+ * timeout (1 s here), which breaks the connection: the fault thread keeps
+ * reading while it waits for room. Many threads fault at once so the REQs
+ * overflow a small send buffer.
+ */
+#define FLOOD_THREADS 256
+
+START_TEST(test_urgent_req_backlog)
+{
+	struct mem m[NREG];
+	struct reader rd[FLOOD_THREADS];
+	struct pcopy_dest_opts o;
+	struct pcopy_stats st;
+	struct pcopy_dest *d;
+	struct fake f, u;
+	int fd, ufd, sndbuf = 1;
+	uint64_t t0;
+	unsigned i, k;
+
+	if (!alloc_regions(m, MT_ANON, false))
+		return;
+	ck_assert_uint_ge(m[0].len / m[0].ps, FLOOD_THREADS);
+	opts_default(&o);
+	o.handshake_timeout_ms = 1000;	/* also the send timeout */
+	o.resume_deadline_ms = 300;
+	d = dest_new(m, NREG, &o);
+	fd = fake_start(&f, m, NREG, SC_HOLD);
+	f.offer = FEAT_ALL;
+	fake_run(&f);
+	ck_assert_int_eq(pcopy_dest_start(d, fd), 0);
+	ufd = fake_start(&u, m, NREG, SC_URGENT_FLOOD);
+	u.offer = FEAT_ALL;
+	/* the smallest send buffer: a few REQ messages fill it */
+	ck_assert_int_eq(setsockopt(ufd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)), 0);
+	fake_run(&u);
+	ck_assert_int_eq(pcopy_dest_add_urgent(d, ufd), 0);
+	for (i = 0; i < FLOOD_THREADS; i++) {
+		rd[i] = (struct reader){ .p = m[0].p + i * m[0].ps, .len = 1 };
+		ck_assert_int_eq(pthread_create(&rd[i].thr, NULL, reader_main, &rd[i]), 0);
+	}
+	/* well past the send timeout */
+	usleep(2500000);
+	ck_assert_int_eq(pcopy_dest_stats(d, &st), 0);
+	ck_assert_uint_eq(st.breaks, 0);
+	ck_assert_int_eq(pcopy_dest_wait(d, 0), -ETIMEDOUT);
+	atomic_store(&u.flood_end, true);
+	t0 = pcopy_now_ns();
+	for (i = k = 0; i < FLOOD_THREADS; i++) {
+		while (!atomic_load(&rd[i].done) && pcopy_now_ns() - t0 < 10000000000ull)
+			usleep(1000);
+		k += atomic_load(&rd[i].done) != 0;
+	}
+	ck_assert_uint_eq(k, FLOOD_THREADS);
+	for (i = 0; i < FLOOD_THREADS; i++)
+		pthread_join(rd[i].thr, NULL);
+	atomic_store(&f.release, true);
+	ck_assert_int_eq(pcopy_dest_wait(d, 20000), 0);
+	for (i = 0; i < NREG; i++)
+		verify_region(&m[i], i);
+	ck_assert_int_eq(pcopy_dest_stats(d, &st), 0);
+	ck_assert_uint_eq(st.breaks, 0);
+	atomic_store(&u.release, true);
+	pcopy_dest_destroy(d);
+	fake_end(&f);
+	fake_end(&u);
+	ck_assert_int_eq(f.fail_line, 0);
+	ck_assert_int_eq(u.fail_line, 0);
+	for (i = 0; i < NREG; i++)
+		mem_free(&m[i]);
+}
+END_TEST
+
 static void reset_events(void)
 {
 	atomic_store(&g_events, 0);
@@ -2763,6 +3093,7 @@ static Suite *make_dest_suite(void)
 		tcase_add_test(tc, test_keepalive);
 		tcase_add_loop_test(tc, test_psk, 0, 4);
 		tcase_add_test(tc, test_urgent_not_offered);
+		tcase_add_test(tc, test_remove_completes_pause);
 		suite_add_tcase(s, tc);
 		return s;
 	}
@@ -2790,6 +3121,7 @@ static Suite *make_dest_suite(void)
 	tcase_set_timeout(tc, 30);
 	tcase_add_loop_test(tc, test_block_then_destroy, 0, MT_N);
 	tcase_add_loop_test(tc, test_sigbus_mode, 0, MT_N);
+	tcase_add_test(tc, test_sigbus_event_lock);
 	tcase_add_test(tc, test_hugetlb_pool_empty);
 	tcase_add_loop_test(tc, test_destroy_mid_restore, 0, MT_N);
 	suite_add_tcase(s, tc);
@@ -2811,6 +3143,9 @@ static Suite *make_dest_suite(void)
 	tcase_add_loop_test(tc, test_urgent_bad, 0, 2);
 	tcase_add_test(tc, test_urgent_not_offered);
 	tcase_add_loop_test(tc, test_remove, 0, MT_N);
+	tcase_add_test(tc, test_remove_completes_pause);
+	tcase_add_test(tc, test_urgent_last_page_race);
+	tcase_add_test(tc, test_urgent_req_backlog);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -15,6 +15,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -74,6 +75,7 @@ static void fail_record(struct pcopy_dest *d, int err, bool notify,
 			const char *fmt, va_list ap)
 {
 	char msg[PCOPY_ERRMSG_MAX];
+	bool defer;
 
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	if (err == -ETIMEDOUT)
@@ -89,6 +91,16 @@ static void fail_record(struct pcopy_dest *d, int err, bool notify,
 		return;
 	}
 	d->finishing = true;
+	/* on_event may take a lock that an application thread holds while it
+	 * waits for a page; in SIGBUS mode only the fault thread can release
+	 * that thread. Called there, the callback could deadlock it: the
+	 * receiver calls it (and only then releases waiters, as below). */
+	defer = notify && d->recv_live &&
+		atomic_load(&d->fault_tid) == (int)syscall(SYS_gettid);
+	if (defer) {
+		d->event_pending = true;
+		d->event_err = err;
+	}
 	if (atomic_load(&d->paused) && d->resume_why[0])
 		pcopy_errslot_set(&d->err, &d->log, err,
 				  "the last resume attempt failed: %s; %s",
@@ -99,7 +111,31 @@ static void fail_record(struct pcopy_dest *d, int err, bool notify,
 	pthread_cond_broadcast(&d->rc_cond);	/* the reconnect thread gives up */
 	pthread_mutex_unlock(&d->lock);
 	dest_kick(d->kick_efd);	/* SIGBUS mode: the fault thread wakes the waiters */
+	if (defer) {
+		dest_kick(d->recv_efd);
+		return;
+	}
 	if (notify && d->on_event)
+		d->on_event(d->event_opaque, err);
+	release_waiters(d, err);
+}
+
+/* See internal.h. Receiver thread. */
+void dest_recv_live(struct pcopy_dest *d, bool live)
+{
+	bool pending;
+	int err;
+
+	pthread_mutex_lock(&d->lock);
+	d->recv_live = live;
+	pending = d->event_pending;
+	err = d->event_err;
+	d->event_pending = false;
+	pthread_mutex_unlock(&d->lock);
+	if (!pending)
+		return;
+	/* Recorded before destroy began: the waiters must return anyway. */
+	if (d->on_event && !atomic_load(&d->stopping))
 		d->on_event(d->event_opaque, err);
 	release_waiters(d, err);
 }
@@ -127,7 +163,8 @@ static void fail_sync(struct pcopy_dest *d, int err, const char *fmt, ...)
 }
 
 /* Every page is in: tell the source, unregister (only now: unregistered
- * missing pages would read as zeros), wake waiters, report. Receiver. */
+ * missing pages would read as zeros), wake waiters, report. Receiver, or
+ * the fault thread (urgent answers, removed pages). */
 static void complete(struct pcopy_dest *d)
 {
 	struct wire_hdr h = { .magic = PCOPY_WIRE_MAGIC, .type = PCOPY_MSG_DONE };
@@ -140,6 +177,10 @@ static void complete(struct pcopy_dest *d)
 	}
 	d->finishing = true;
 	pthread_mutex_unlock(&d->lock);
+	/* The receiver has completion work (DONE after a pause, the linger
+	 * for the echo) and may sleep on a quiet connection or in a pause
+	 * with no deadline: when another thread completes, it must look. */
+	dest_kick(d->recv_efd);
 
 	rc = dest_send(d, DEST_MAIN, &h, NULL, 0);
 	if (rc < 0)
@@ -637,14 +678,21 @@ void pcopy_dest_destroy(struct pcopy_dest *d)
 	pthread_mutex_lock(&d->lock);
 	pthread_cond_broadcast(&d->rc_cond);
 	pthread_mutex_unlock(&d->lock);
-	/* Unblocks a REQ/DONE write stuck on a full socket. Not under wlock:
-	 * the writer stuck holds it; the fds stay open until the joins. */
-	for (i = 0; i < DEST_NCONN; i++) {
-		if (d->wfd[i] >= 0)
-			shutdown(d->wfd[i], SHUT_RDWR);
-		if (d->conn[i].fd >= 0)
-			shutdown(d->conn[i].fd, SHUT_RDWR);
-	}
+	/* Unblocks a DONE/PING write stuck on a full socket. Not under wlock:
+	 * the writer stuck holds it. The main fds stay open until the joins.
+	 * The urgent one is the fault thread's, which closes it at any time
+	 * (the number may be reused): it is read under d->lock, where a
+	 * non-negative wfd[DEST_URGENT] is still open, and conn[DEST_URGENT]
+	 * is left alone (the fault thread never blocks on it and reacts to
+	 * stop_efd). */
+	if (d->wfd[DEST_MAIN] >= 0)
+		shutdown(d->wfd[DEST_MAIN], SHUT_RDWR);
+	if (d->conn[DEST_MAIN].fd >= 0)
+		shutdown(d->conn[DEST_MAIN].fd, SHUT_RDWR);
+	pthread_mutex_lock(&d->lock);
+	if (d->wfd[DEST_URGENT] >= 0)
+		shutdown(d->wfd[DEST_URGENT], SHUT_RDWR);
+	pthread_mutex_unlock(&d->lock);
 	if (d->rc_thr_on)
 		pthread_join(d->rc_thr, NULL);
 	if (d->fault_thr_on)

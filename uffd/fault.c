@@ -109,13 +109,13 @@ static void send_batch(struct pcopy_dest *d, struct fault_batch *b)
 	}
 	wire_req_encode(b->req, b->n, buf);
 	/* Counted first: the answer may be placed (and its latency sampled)
-	 * before dest_send returns here. */
+	 * before urg_send returns here. */
 	DEST_STAT_ADD(d, requests, b->n);
 	DEST_STAT_ADD(d, request_msgs, 1);
 	/* The urgent connection when there is one: its answers do not queue
 	 * behind background data. */
-	rc = dest_send(d, DEST_URGENT, &h, buf, h.length);
-	/* -ENOTCONN: paused; another error: dest_send shut the connection
+	rc = urg_send(d, &h, buf, h.length);
+	/* -ENOTCONN: paused; another error: the send shut the connection
 	 * down and the receiver pauses. Either way the `requested` bits keep
 	 * these pages, and a resume sends them again. */
 	if (rc < 0 && rc != -ENOTCONN)
@@ -325,6 +325,7 @@ void *dest_fault_main(void *arg)
 		{ .fd = -1, .events = POLLIN },
 	};
 
+	atomic_store(&d->fault_tid, (int)syscall(SYS_gettid));
 	d->conn[DEST_URGENT].on_again = fault_again;
 	d->conn[DEST_URGENT].again_arg = &q;
 	fwait_init(d, &w);

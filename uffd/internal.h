@@ -131,6 +131,7 @@ struct dest_conn {
 	struct codec_zlib *zlib;	/* inflate context (per thread reading) */
 	/* The urgent connection lives in the fault thread (urgent.c): */
 	bool dead;		/* broke; closed once the receiver unlinked it */
+	bool in_input;		/* urg_input is running (a placement may send) */
 	char why[PCOPY_ERRMSG_MAX];	/* why it broke */
 	/* Placement met EAGAIN (an unread uffd event): let the owner read
 	 * events before retrying. NULL: another thread reads them. */
@@ -183,6 +184,8 @@ struct pcopy_dest {
 	 * requests stay recorded in the `requested` bitmaps. */
 	pthread_mutex_t wlock;
 	int wfd[DEST_NCONN];
+	bool urg_wpart;		/* the fault thread waits in the middle of a
+				   message on wfd[DEST_URGENT]: no PING there */
 	_Atomic uint64_t last_tx_ns[DEST_NCONN];
 
 	/* Hand-off of new connections to the receiver, under `lock`. */
@@ -219,6 +222,12 @@ struct pcopy_dest {
 	pthread_mutex_t lock;	/* protects finishing/done/result, hand-off; waiters sleep on cond */
 	pthread_cond_t cond;
 	bool finishing;		/* completion or failure claimed (first wins) */
+	/* A failure recorded on the fault thread: the receiver calls on_event
+	 * and releases the waiters (under lock; see fail_record). */
+	bool recv_live;		/* the receiver runs and will look */
+	bool event_pending;
+	int event_err;
+	_Atomic int fault_tid;	/* the fault thread's tid, 0 before it runs */
 	bool done;		/* ... and finished: waiters may return */
 	_Atomic bool stopping;	/* destroy has begun: errors are not recorded */
 	int result;
@@ -248,6 +257,10 @@ struct dest_region *dest_find_region(struct pcopy_dest *d, uint64_t addr);
 int dest_start_thread(struct pcopy_dest *d, pthread_t *t, void *(*fn)(void *));
 /* Write 1 to an eventfd (best effort). */
 void dest_kick(int efd);
+/* Receiver, starting (live) and ending (!live): while it runs, it calls
+ * on_event for failures recorded on the fault thread; at the end it
+ * delivers one still pending. */
+void dest_recv_live(struct pcopy_dest *d, bool live);
 
 /* ---- uffd_open.c ---- */
 
@@ -322,6 +335,10 @@ int urg_fd(const struct pcopy_dest *d);
 /* Read, check and place what arrived on the urgent connection; on a
  * break, tell the receiver (urgent_end). Fault thread. */
 void urg_input(struct pcopy_dest *d);
+/* Send one message on the urgent connection without blocking on it
+ * (reads answers while it is full), or like dest_send if this thread has
+ * none. Returns 0 or -errno. Fault thread. */
+int urg_send(struct pcopy_dest *d, struct wire_hdr *h, const void *p, size_t len);
 /* What the fault thread asked the receiver to do (RECV_GO: nothing);
  * a RECV_BREAK comes with break_why filled. Receiver thread. */
 enum recv_end urg_collect(struct pcopy_dest *d);

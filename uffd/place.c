@@ -95,6 +95,13 @@ static void tiny_sleep(void)
 	nanosleep(&ts, NULL);
 }
 
+/* Nothing left to place here: removed by the application, or placed by
+ * the other placer meanwhile. */
+static bool settled(const struct dest_region *r, uint64_t hp)
+{
+	return dbm_test(&r->received, hp) || dbm_test(&r->removed, hp);
+}
+
 /* EAGAIN without progress: the mm is changing (a REMOVE/UNMAP event not
  * yet read by the fault thread) or a transient failure. How long to retry. */
 #define PLACE_EAGAIN_NS (5ull * 1000000000ull)
@@ -114,6 +121,7 @@ static int place_range(struct pcopy_dest *d, struct dest_region *r, uint64_t hp,
 	bool zero = src == NULL, need_wake = false;
 	const char *op;
 	long hfree;
+	int ret;
 
 	/* hugetlb has no UFFDIO_ZEROPAGE: copy from the read-only zero
 	 * mapping (one huge page), which costs no memory and no memset. */
@@ -155,6 +163,7 @@ static int place_range(struct pcopy_dest *d, struct dest_region *r, uint64_t hp,
 		}
 		if (rc == 0) {
 			need_wake |= pages_done(d, r, pg, (len - done) >> r->shift);
+			done = len;
 			break;
 		}
 		e = errno;
@@ -177,22 +186,26 @@ static int place_range(struct pcopy_dest *d, struct dest_region *r, uint64_t hp,
 				continue;	/* progress: retry at once */
 			if (!t_again)
 				t_again = pcopy_now_ns();
-			if (atomic_load(&d->stopping))
-				return -ECANCELED;
+			if (atomic_load(&d->stopping)) {
+				ret = -ECANCELED;
+				goto out;
+			}
 			if (pcopy_now_ns() - t_again > PLACE_EAGAIN_NS) {
 				dest_fail(d, -EAGAIN,
 					  "%s region '%s' offset 0x%" PRIx64 ": still EAGAIN after %llu s",
 					  op, r->name, pg << r->shift,
 					  PLACE_EAGAIN_NS / 1000000000ull);
-				return -EAGAIN;
+				ret = -EAGAIN;
+				goto out;
 			}
 			/* The fault thread reads the pending event (here, if
-			 * it is the one placing); pages it marks removed are
-			 * skipped on the next pass. */
+			 * it is the one placing); pages it marks removed, or
+			 * the other placer placed, are skipped on the next
+			 * pass. */
 			if (c->on_again)
 				c->on_again(d, c->again_arg);
 			tiny_sleep();
-			while (done < len && dbm_test(&r->removed, hp + (done >> r->shift))) {
+			while (done < len && settled(r, hp + (done >> r->shift))) {
 				DEST_STAT_ADD(d, duplicates, 1);
 				done += r->page_size;
 			}
@@ -208,7 +221,8 @@ static int place_range(struct pcopy_dest *d, struct dest_region *r, uint64_t hp,
 				dest_fail(d, -ENOMEM,
 					  "hugetlb pool exhausted: UFFDIO_COPY region '%s' offset 0x%" PRIx64 " returned EEXIST for a huge page never placed (free %zu kB huge pages: %ld)",
 					  r->name, pg << r->shift, r->page_size / 1024, hfree);
-				return -ENOMEM;
+				ret = -ENOMEM;
+				goto out;
 			}
 			/* Present already (placed by someone else sharing
 			 * the memory, or zero-filled after a REMOVE): fine,
@@ -224,37 +238,51 @@ static int place_range(struct pcopy_dest *d, struct dest_region *r, uint64_t hp,
 				dest_fail(d, -ENOMEM,
 					  "hugetlb pool exhausted: UFFDIO_COPY region '%s' offset 0x%" PRIx64 ": ENOMEM (free %zu kB huge pages: %ld)",
 					  r->name, pg << r->shift, r->page_size / 1024, hfree);
-				return -ENOMEM;
+				ret = -ENOMEM;
+				goto out;
 			}
 			dest_fail(d, -ENOMEM, "%s region '%s' offset 0x%" PRIx64 ": out of memory",
 				  op, r->name, pg << r->shift);
-			return -ENOMEM;
+			ret = -ENOMEM;
+			goto out;
 		case ENOENT:
-			if (dbm_test(&r->removed, pg)) {
-				/* unmapped by the application: announced */
+			/* Unmapped by the application (announced), or placed
+			 * by the other placer (receiver / fault thread), whose
+			 * last page completed the restore and unregistered
+			 * the memory: nothing left to do for this page. */
+			if (settled(r, pg)) {
+				DEST_STAT_ADD(d, duplicates, 1);
 				done += r->page_size;
 				continue;
 			}
 			dest_fail(d, -ENOENT,
 				  "%s region '%s' offset 0x%" PRIx64 ": range no longer registered or mapped (unmapped by the application?)",
 				  op, r->name, pg << r->shift);
-			return -ENOENT;
+			ret = -ENOENT;
+			goto out;
 		case ESRCH:
 			dest_fail(d, -ESRCH,
 				  "%s region '%s' offset 0x%" PRIx64 ": the address space is gone (process exited?)",
 				  op, r->name, pg << r->shift);
-			return -ESRCH;
+			ret = -ESRCH;
+			goto out;
 		default:
 			dest_fail(d, -e,
 				  "%s dst 0x%" PRIx64 " len %" PRIu64 " (region '%s' offset 0x%" PRIx64 "): %s",
 				  op, dst + done, len - done, r->name,
 				  pg << r->shift, strerror(e));
-			return -e;
+			ret = -e;
+			goto out;
 		}
 	}
-	if (!wake && need_wake)
-		place_wake(d, dst, len, false);
-	return 0;
+	ret = 0;
+out:
+	/* After an error too: the pages placed before it with DONTWAKE are
+	 * received, so nothing else wakes their waiters (wake_unreceived
+	 * skips them). */
+	if (!wake && need_wake && done)
+		place_wake(d, dst, done, false);
+	return ret;
 }
 
 /* Not received, not removed, and (hugetlb) claimed by this thread: the

@@ -261,6 +261,21 @@ static void conns_unlink(struct pcopy_dest *d)
 	dest_kick(d->kick_efd);
 }
 
+/* Take a broken urgent connection from the writers after completion; the
+ * fault thread, kicked, closes it. The main one is left alone. Receiver. */
+static void urg_unlink(struct pcopy_dest *d)
+{
+	pthread_mutex_lock(&d->lock);
+	pthread_mutex_lock(&d->wlock);
+	if (d->wfd[DEST_URGENT] >= 0)
+		shutdown(d->wfd[DEST_URGENT], SHUT_RDWR);
+	d->wfd[DEST_URGENT] = -1;
+	pthread_mutex_unlock(&d->wlock);
+	pthread_mutex_unlock(&d->lock);
+	atomic_store(&d->urgent_rx_ns, 0);
+	dest_kick(d->kick_efd);
+}
+
 /*
  * Complete, but the main connection broke (or the source went silent)
  * before the source echoed our DONE: it may never have seen it, and would
@@ -406,7 +421,8 @@ static void maybe_ping(struct pcopy_dest *d, unsigned i, uint64_t now)
 		return;
 	if (pthread_mutex_trylock(&d->wlock) != 0)
 		return;
-	if (d->wfd[i] >= 0 && conn_send_msg(d->wfd[i], &h, NULL, 0) == 0)
+	if (d->wfd[i] >= 0 && !(i == DEST_URGENT && d->urg_wpart) &&
+	    conn_send_msg(d->wfd[i], &h, NULL, 0) == 0)
 		atomic_store_explicit(&d->last_tx_ns[i], now, memory_order_relaxed);
 	pthread_mutex_unlock(&d->wlock);
 }
@@ -519,8 +535,20 @@ static enum recv_end recv_loop(struct pcopy_dest *d)
 			{ .fd = d->recv_efd, .events = POLLIN },
 		};
 
-		if (e == RECV_GO)
+		if (e == RECV_GO) {
 			e = urg_collect(d);
+			if (e == RECV_BREAK && dest_missing(d) == 0) {
+				/* The urgent connection broke, but the restore
+				 * completed meanwhile: nothing to resume for,
+				 * and the main one waits for the DONE echo. */
+				urg_unlink(d);
+				e = RECV_GO;
+			}
+		}
+		/* Failed on another thread (the fault thread placing urgent
+		 * answers): end, tell the source, deliver on_event. */
+		if (e == RECV_GO && atomic_load(&d->failed))
+			e = RECV_FAIL;
 		while (e == RECV_BREAK)
 			e = dest_missing(d) == 0 ? linger_relink(d) : pause_and_wait(d);
 		if (e != RECV_GO)
@@ -575,8 +603,11 @@ static enum recv_end recv_loop(struct pcopy_dest *d)
 void *dest_recv_main(void *arg)
 {
 	struct pcopy_dest *d = arg;
-	enum recv_end e = recv_loop(d);
+	enum recv_end e;
 	int err;
+
+	dest_recv_live(d, true);
+	e = recv_loop(d);
 
 	if (e == RECV_FAIL) {
 		err = pcopy_errslot_get(&d->err);
@@ -589,5 +620,6 @@ void *dest_recv_main(void *arg)
 	if (d->conn[DEST_MAIN].queued && d->conn[DEST_MAIN].fd >= 0)
 		shutdown(d->conn[DEST_MAIN].fd, SHUT_RDWR);
 	drain_recvs(d);
+	dest_recv_live(d, false);	/* a failure of the fault thread's */
 	return NULL;
 }

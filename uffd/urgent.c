@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -26,8 +27,13 @@ static void urg_close(struct pcopy_dest *d, struct dest_conn *c)
 {
 	/* Whole, checked host pages: keep them (not after a failure: the
 	 * restore is over, and placing could meet the same error). */
-	if (c->run.n && !atomic_load(&d->failed))
+	if (c->run.n && !atomic_load(&d->failed)) {
+		/* A placement may send REQs (on_again): no reading into the
+		 * staging area it places from. */
+		c->in_input = true;
 		place_run(d, c);
+		c->in_input = false;
+	}
 	asm_reset(c);
 	close(c->fd);
 	c->fd = -1;
@@ -113,8 +119,11 @@ static void urg_broke(struct pcopy_dest *d, struct dest_conn *c, enum recv_end e
 
 static void urg_end(struct pcopy_dest *d, struct dest_conn *c, enum recv_end e)
 {
-	if (e == RECV_STOP)
-		urg_retire(d, c);	/* complete */
+	/* Complete. A failure recorded now (the other placer's last page
+	 * ended the restore under us) came after it and changed nothing:
+	 * the receiver must go on waiting for the DONE echo. */
+	if (e == RECV_STOP || (e == RECV_FAIL && dest_missing(d) == 0))
+		urg_retire(d, c);
 	else
 		urg_broke(d, c, e);
 }
@@ -145,8 +154,10 @@ void urg_input(struct pcopy_dest *d)
 {
 	struct dest_conn *c = &d->conn[DEST_URGENT];
 	enum recv_end e = RECV_GO;
-	bool complete = dest_missing(d) == 0;
 
+	if (c->in_input)
+		return;	/* urg_send from a placement of ours: no recursion */
+	c->in_input = true;
 	while (c->fd >= 0 && !c->dead) {
 		size_t want;
 		ssize_t n;
@@ -171,12 +182,9 @@ void urg_input(struct pcopy_dest *d)
 		if (e != RECV_GO || (size_t)n < want)
 			break;	/* a short read: the socket is empty */
 	}
+	c->in_input = false;
 	if (e != RECV_GO)
 		urg_end(d, c, e);
-	/* This thread placed the last page: the receiver may be asleep on a
-	 * quiet main connection; it has completion work (linger, DONE). */
-	if (!complete && dest_missing(d) == 0)
-		dest_kick(d->recv_efd);
 }
 
 /* Returns what the fault thread asked for, RECV_GO if nothing; with
@@ -193,4 +201,98 @@ enum recv_end urg_collect(struct pcopy_dest *d)
 		memcpy(d->break_why, d->urgent_why, sizeof(d->break_why));
 	pthread_mutex_unlock(&d->lock);
 	return e;
+}
+
+/* Wait for room on the urgent socket, or for answers to read. */
+static int urg_wait(struct pcopy_dest *d, int fd, bool read_too)
+{
+	struct pollfd p[2] = {
+		{ .fd = fd, .events = POLLOUT | (read_too ? POLLIN : 0) },
+		{ .fd = d->stop_efd, .events = POLLIN },
+	};
+
+	if (poll(p, 2, 1000) < 0 && errno != EINTR)
+		return -errno;
+	if (p[1].revents)
+		return -ECANCELED;
+	if ((p[0].revents & POLLIN) && read_too)
+		urg_input(d);
+	return 0;
+}
+
+/*
+ * Send a REQ on the urgent connection without ever blocking on it: this
+ * thread is its only reader, and if it slept in a write while the source
+ * slept writing answers to us, both would wait for SO_SNDTIMEO. While the
+ * socket is full it reads and places answers (not when called from inside
+ * urg_input: then it only waits for room). Falls back to dest_send when the
+ * urgent connection is not this thread's (none: MAIN; handed in, not taken
+ * yet). Returns 0 or -errno (-ENOTCONN: gone meanwhile). Fault thread.
+ */
+int urg_send(struct pcopy_dest *d, struct wire_hdr *h, const void *p, size_t len)
+{
+	struct dest_conn *c = &d->conn[DEST_URGENT];
+	uint8_t hb[PCOPY_WIRE_HDR_SIZE];
+	size_t total = sizeof(hb) + len, off = 0;
+	int fd = c->fd, rc = 0;
+
+	if (len > PCOPY_WIRE_PAYLOAD_MAX)
+		return -EMSGSIZE;
+	pthread_mutex_lock(&d->wlock);
+	if (fd < 0 || c->dead || d->wfd[DEST_URGENT] != fd) {
+		/* broke, not unlinked yet: the receiver is pausing */
+		bool broken = fd >= 0 && c->dead && d->wfd[DEST_URGENT] == fd;
+
+		pthread_mutex_unlock(&d->wlock);
+		return broken ? -ENOTCONN : dest_send(d, DEST_URGENT, h, p, len);
+	}
+	h->magic = PCOPY_WIRE_MAGIC;
+	h->length = (uint32_t)len;
+	wire_hdr_seal(hb, h, p, len);
+	while (off < total) {
+		struct iovec iov[2];
+		struct msghdr mh = { .msg_iov = iov };
+		ssize_t n;
+
+		if (off < sizeof(hb)) {
+			iov[0] = (struct iovec){ hb + off, sizeof(hb) - off };
+			iov[1] = (struct iovec){ (void *)(uintptr_t)p, len };
+			mh.msg_iovlen = len ? 2 : 1;
+		} else {
+			iov[0] = (struct iovec){ (uint8_t *)(uintptr_t)p + (off - sizeof(hb)),
+						 total - off };
+			mh.msg_iovlen = 1;
+		}
+		n = sendmsg(fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (n > 0) {
+			off += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+			rc = n < 0 ? -errno : -EPIPE;
+			shutdown(fd, SHUT_RDWR);	/* the receiver pauses */
+			break;
+		}
+		/* Full. A message begun must not be interleaved with a PING:
+		 * urg_wpart tells the receiver to leave the socket alone. */
+		d->urg_wpart = off > 0;
+		pthread_mutex_unlock(&d->wlock);
+		rc = urg_wait(d, fd, !c->in_input);
+		pthread_mutex_lock(&d->wlock);
+		d->urg_wpart = false;
+		if (rc == 0 && (c->fd != fd || c->dead || d->wfd[DEST_URGENT] != fd))
+			rc = -ENOTCONN;	/* broke or unlinked meanwhile */
+		if (rc < 0) {
+			if (off && d->wfd[DEST_URGENT] == fd && c->fd == fd)
+				shutdown(fd, SHUT_RDWR);	/* half a message */
+			break;
+		}
+	}
+	if (!rc)
+		atomic_store_explicit(&d->last_tx_ns[DEST_URGENT], pcopy_now_ns(),
+				      memory_order_relaxed);
+	pthread_mutex_unlock(&d->wlock);
+	return rc;
 }
