@@ -32,6 +32,7 @@
 #include <linux/userfaultfd.h>
 
 #include "fc_json.h"
+#include "hugepool.h"
 
 #ifndef FC_HANDLER_PATH
 #define FC_HANDLER_PATH "tools/postcopy-fc-handler"
@@ -645,11 +646,20 @@ START_TEST(test_hugetlb)
 	struct vmm v;
 	char json[1024];
 	uint64_t size = 8 * MIB, off = 2 * MIB;
+	char why[200];
 	int sock, rc;
 
 	env_init(&e, 10 * MIB);
+	/* 8 MiB of guest memory: 4 huge pages; raise the pool if we may */
+	rc = tl_hugetlb_reserve(4, why, sizeof(why));
+	if (rc < 0) {
+		printf("SKIP test_hugetlb: %s\n", why);
+		env_fini(&e);
+		return;
+	}
 	rc = vmm_setup_mem(&v, 1, &size, &off, false, true);
 	if (rc < 0) {
+		tl_hugetlb_release();
 		printf("SKIP test_hugetlb: no 4 free 2 MiB huge pages (%s)\n", strerror(-rc));
 		env_fini(&e);
 		return;
@@ -663,6 +673,7 @@ START_TEST(test_hugetlb)
 	ck_assert_int_eq(handler_stop(&e, SIGTERM), 0);
 	close(sock);
 	vmm_fini(&v);
+	tl_hugetlb_release();
 	env_fini(&e);
 }
 END_TEST

@@ -48,14 +48,7 @@ struct tl_mapping {
 int tl_map(enum tl_mem m, size_t len, struct tl_mapping *out);
 void tl_unmap(struct tl_mapping *mp);
 
-/*
- * Make sure `pages` free 2 MiB huge pages exist, raising nr_hugepages if
- * needed (root only). Returns 0 if enough were free already, 1 if the pool
- * was raised (pair with tl_hugetlb_release(), which puts nr_hugepages back),
- * or -errno with a reason in why.
- */
-int tl_hugetlb_reserve(unsigned long pages, char *why, size_t whylen);
-void tl_hugetlb_release(void);
+#include "hugepool.h"
 
 /* Print "SKIP <name>: <why>" to stdout; .ci/run counts these lines. */
 void tl_skip(const char *name, const char *why);

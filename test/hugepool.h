@@ -1,0 +1,17 @@
+/* SPDX-License-Identifier: MIT */
+/* The hugetlb pool for tests (test/hugepool.c). */
+#ifndef PCOPY_TEST_HUGEPOOL_H
+#define PCOPY_TEST_HUGEPOOL_H
+
+#include <stddef.h>
+
+/*
+ * Make sure `pages` free 2 MiB huge pages exist, raising nr_hugepages if
+ * needed (root only). Returns 0 if enough were free already, 1 if the pool
+ * was raised (pair with tl_hugetlb_release(), which puts nr_hugepages back),
+ * or -errno with a reason in why.
+ */
+int tl_hugetlb_reserve(unsigned long pages, char *why, size_t whylen);
+void tl_hugetlb_release(void);
+
+#endif
