@@ -79,7 +79,6 @@ static int on_req(struct pcopy_source *s, uint64_t gen,
 	unsigned i;
 	int err;
 
-	atomic_store_explicit(&s->urg_req_ns, pcopy_now_ns(), memory_order_relaxed);
 	if (h->count < 1 || h->count > PCOPY_REQ_MAX_ENTRIES ||
 	    h->length != (uint64_t)h->count * PCOPY_REQ_ENTRY_SIZE) {
 		src_break(s, gen, -EPROTO, true,
@@ -455,6 +454,7 @@ static int urgent_req(struct urgent *u, const struct wire_hdr *h)
 		return err;
 	}
 	SRC_STAT_ADD(s, request_msgs, 1);
+	atomic_store_explicit(&s->urg_req_ns, pcopy_now_ns(), memory_order_relaxed);
 	for (i = 0; i < h->count; i++) {
 		err = urgent_entry(u, &u->reqs[i]);
 		if (err)
