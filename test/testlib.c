@@ -235,6 +235,7 @@ static int serve_child(const struct tl_source_cfg *cfg, int lfd)
 	pcopy_source_opts_init(&o);
 	if (cfg->zlib)
 		o.flags |= PCOPY_SOURCE_ZLIB;
+	o.flags |= cfg->source_flags;
 	rc = pcopy_source_create(&s, regs, cfg->nregions, &o);
 	if (rc < 0) {
 		fprintf(stderr, "source: create: %s\n", pcopy_strerror(rc));

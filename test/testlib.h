@@ -66,6 +66,7 @@ struct tl_source_cfg {
 	bool from_file;		/* serve a sparse snapshot file, not memory */
 	enum tl_link link;
 	bool urgent;		/* also connect the urgent connection */
+	unsigned source_flags;	/* more PCOPY_SOURCE_* for the source */
 };
 
 struct tl_source_proc {

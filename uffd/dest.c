@@ -177,16 +177,19 @@ static void complete(struct pcopy_dest *d)
 	}
 	d->finishing = true;
 	pthread_mutex_unlock(&d->lock);
-	/* The receiver has completion work (DONE after a pause, the linger
-	 * for the echo) and may sleep on a quiet connection or in a pause
-	 * with no deadline: when another thread completes, it must look. */
-	dest_kick(d->recv_efd);
 
 	rc = dest_send(d, DEST_MAIN, &h, NULL, 0);
 	if (rc < 0)
 		pcopy_log(&d->log, PCOPY_LOG_WARN,
 			  "restore complete, but sending DONE failed: %s",
 			  strerror(-rc));
+	/* Only now may the receiver stop and close the main connection (it
+	 * sees the last page counted earlier: stopping then cut DONE off).
+	 * It has completion work (DONE after a pause, the linger for the
+	 * echo) and may sleep on a quiet connection or in a pause with no
+	 * deadline: when another thread completes, it must look. */
+	atomic_store(&d->done_sent, true);
+	dest_kick(d->recv_efd);
 	dest_uffd_unregister(d);
 	atomic_store(&d->end_ns, pcopy_now_ns());
 	pcopy_log(&d->log, PCOPY_LOG_INFO, "restore complete: %" PRIu64 " host pages",

@@ -222,6 +222,9 @@ struct pcopy_dest {
 	pthread_mutex_t lock;	/* protects finishing/done/result, hand-off; waiters sleep on cond */
 	pthread_cond_t cond;
 	bool finishing;		/* completion or failure claimed (first wins) */
+	_Atomic bool done_sent;	/* complete() has tried to send DONE: the
+				   receiver may stop (or linger) only then,
+				   not as soon as the last page is counted */
 	/* A failure recorded on the fault thread: the receiver calls on_event
 	 * and releases the waiters (under lock; see fail_record). */
 	bool recv_live;		/* the receiver runs and will look */

@@ -553,7 +553,7 @@ static enum recv_end recv_loop(struct pcopy_dest *d)
 			e = dest_missing(d) == 0 ? linger_relink(d) : pause_and_wait(d);
 		if (e != RECV_GO)
 			return e;
-		if (dest_missing(d) == 0 && !linger_check(d, &linger_ms))
+		if (atomic_load(&d->done_sent) && !linger_check(d, &linger_ms))
 			return RECV_STOP;
 		if (m->fd >= 0 && !m->queued && queue_recv(d, m) < 0) {
 			dest_fail(d, -EBUSY, "io_uring: no submission entry");
