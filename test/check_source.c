@@ -2114,7 +2114,7 @@ START_TEST(test_no_pacing_tcp)
 	int lfd, cfd, sfd;
 
 	image_init(&im);
-	image_add(&im, 8 * MIB, TP);
+	image_add(&im, 64 * MIB, TP);	/* long enough for several 4 ms rate windows */
 	session_setup(&ss, &im, _i ? PCOPY_SOURCE_NO_PACING : 0, 0, 0);
 	/* swap the socketpair for a TCP loopback connection */
 	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
