@@ -1975,6 +1975,24 @@ END_TEST
 	ck_assert_uint_gt((st)->f, (v)); \
 } while (0)
 
+
+/* A session whose destination reads its main connection only once go_fd
+ * is written: the sender fills the socket and blocks with fewer than
+ * max_sent host pages sent (so urgent requests find pages unsent). */
+static void start_stalled_main(struct session *ss, struct image *im,
+			       size_t bytes, uint64_t max_sent)
+{
+	image_init(im);
+	image_add(im, bytes, TP);
+	session_setup(ss, im, 0, OFFER_ALL, 0);
+	ss->d.go_fd = eventfd(0, EFD_CLOEXEC);
+	session_start(ss);
+	ck_assert_int_eq(ss->start_err, 0);
+	WAIT_STAT_GT(ss->s, &ss->st, bytes_wire, 64 * 1024);
+	usleep(20000);
+	ck_assert_int_eq(pcopy_source_stats(ss->s, &ss->st), 0);
+	ck_assert_uint_lt(atomic_load(&ss->s->st.host_pages_sent), max_sent);
+}
 /*
  * Readahead on the urgent connection: a single request sends its page only;
  * the next one continuing it also sends the following pages (32 KiB); a
@@ -1993,17 +2011,8 @@ START_TEST(test_urgent_readahead)
 		{ .region = 0, .count = 1, .offset = 3500 * TP },
 	};
 
-	image_init(&im);
-	image_add(&im, 16 * MIB, TP);	/* 4096 host pages */
-	session_setup(&ss, &im, 0, OFFER_ALL, 0);
-	ss.d.go_fd = eventfd(0, EFD_CLOEXEC);	/* main reads after urgent */
-	session_start(&ss);
-	ck_assert_int_eq(ss.start_err, 0);
-	/* the sender fills the main socket and blocks, far before 3000 */
-	WAIT_STAT_GT(ss.s, &ss.st, bytes_wire, 64 * 1024);
-	usleep(20000);
-	ck_assert_int_eq(pcopy_source_stats(ss.s, &ss.st), 0);
-	ck_assert_uint_lt(atomic_load(&ss.s->st.host_pages_sent), 2000);
+	/* 4096 host pages; the sender blocks far before 3000 */
+	start_stalled_main(&ss, &im, 16 * MIB, 2000);
 	stage_open(&u, &im, PCOPY_CONN_URGENT, ss.s->hello.session_id);
 	memcpy(u.d.start_req, rq, sizeof(rq));
 	u.d.n_start_req = 3;
@@ -2050,16 +2059,7 @@ START_TEST(test_end_after_urgent)
 	uint64_t one = 1, i, on_urgent;
 	bool early_end;
 
-	image_init(&im);
-	image_add(&im, 4 * MIB, TP);	/* 1024 host pages */
-	session_setup(&ss, &im, 0, OFFER_ALL, 0);
-	ss.d.go_fd = eventfd(0, EFD_CLOEXEC);
-	session_start(&ss);
-	ck_assert_int_eq(ss.start_err, 0);
-	WAIT_STAT_GT(ss.s, &ss.st, bytes_wire, 64 * 1024);
-	usleep(20000);
-	ck_assert_int_eq(pcopy_source_stats(ss.s, &ss.st), 0);
-	ck_assert_uint_lt(atomic_load(&ss.s->st.host_pages_sent), 200);
+	start_stalled_main(&ss, &im, 4 * MIB, 200);	/* 1024 host pages */
 	/* the urgent peer asks for pages 200.. and reads nothing yet */
 	stage_open(&u, &im, PCOPY_CONN_URGENT, ss.s->hello.session_id);
 	u.d.start_req[0] = (struct wire_req){ .region = 0, .count = 824,
