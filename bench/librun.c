@@ -83,6 +83,15 @@ int run_lib(const struct b_opts *o, const struct b_addr *srv, enum b_order ord,
 	rc = b_plan_build(&plan, ord, o);
 	if (rc < 0)
 		goto out_unmap;
+	rc = ctl_open(srv, CTL_LIB, o, flags, &ctl, &fd);
+	if (rc < 0) {
+		snprintf(r->note, sizeof(r->note), "server: %s", strerror(-rc));
+		goto out_plan;
+	}
+	/* After the server said ready (it builds its image on first use and
+	 * would take the warmed pages), before the memory high-water mark
+	 * is reset (the warm-up is not the library's). */
+	b_warm_memory(len);
 	pcopy_dest_opts_init(&dopts);
 	dopts.log = log_stderr;
 	b_reset_hwm();
@@ -90,12 +99,9 @@ int run_lib(const struct b_opts *o, const struct b_addr *srv, enum b_order ord,
 	rc = pcopy_dest_create(&d, &reg, 1, &dopts);
 	if (rc < 0) {
 		snprintf(r->note, sizeof(r->note), "dest_create: %s", pcopy_strerror(rc));
-		goto out_plan;
-	}
-	rc = ctl_open(srv, CTL_LIB, o, flags, &ctl, &fd);
-	if (rc < 0) {
-		snprintf(r->note, sizeof(r->note), "server: %s", strerror(-rc));
-		goto out_dest;
+		close(fd);
+		fd = -1;
+		goto out_ctl;
 	}
 	ts = b_task_sampler_start();
 	c0 = b_proc_cpu_ns();
@@ -185,7 +191,6 @@ out_ctl:
 			rc = done.rc;
 	}
 	close(ctl);
-out_dest:
 	pcopy_dest_destroy(d);
 out_plan:
 	b_lat_free(&tr.lat);

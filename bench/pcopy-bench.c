@@ -307,7 +307,6 @@ int main(int argc, char **argv)
 	}
 	if (o.runs & RUN_RAW) {
 		progress(&o, "raw round trip", "");
-		b_warm_memory((size_t)o.raw_faults * B_PAGE + (64u << 20));
 		if (run_raw(&o, &srv, &res[n++]) < 0)
 			failed++;
 	}
@@ -329,7 +328,6 @@ int main(int argc, char **argv)
 			if (v == LIBV_NOBG && k == ORDER_NONE)
 				continue;
 			progress(&o, what[v], b_order_name((enum b_order)k));
-			b_warm_memory(o.image_bytes);
 			if (run_lib(&o, &srv, (enum b_order)k, (enum b_lib_variant)v,
 				    &res[n++]) < 0)
 				failed++;
