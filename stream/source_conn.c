@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "source.h"
+#include "sent_window.h"
 
 #define TP PCOPY_TARGET_PAGE
 /* Already-sent host pages of one REQ entry that the urgent thread sends
@@ -28,8 +29,12 @@
  * previous ones (within RA_SLACK host pages), the following unsent pages go
  * out with it, RA_FIRST bytes the first time, doubling up to RA_MAX while
  * the faults stay sequential; a fault elsewhere sends just its page. */
+#ifndef RA_FIRST
 #define RA_FIRST (32u << 10)
+#endif
+#ifndef RA_MAX
 #define RA_MAX (256u << 10)
+#endif
 #define RA_SLACK 16u
 
 static uint64_t now_ns(void)
@@ -234,6 +239,7 @@ struct urgent {
 	 * since [run_lo, last_req], pages sent up to ra_end (exclusive) */
 	uint64_t run_lo, last_req, ra_end;
 	size_t ra_bytes;		/* window; 0: the run is one request */
+	struct sent_window own;		/* pages of the run sent here */
 };
 
 static bool unsent_bit(struct src_region *r, uint64_t p)
@@ -281,10 +287,11 @@ static void urgent_written(struct urgent *u)
 }
 
 /*
- * Does a request for global host pages [g, g_last] continue the current run?
- * Updates the run and the readahead window either way. Urgent thread.
+ * Follow the run with a request for global host pages [g, g_last]: one that
+ * continues it grows the readahead window, one elsewhere starts a new run
+ * with none (and forgets what this connection sent). Urgent thread.
  */
-static bool urgent_sequential(struct urgent *u, uint64_t g, uint64_t g_last)
+static void urgent_sequential(struct urgent *u, uint64_t g, uint64_t g_last)
 {
 	bool seq = u->ra_end && g + RA_SLACK >= u->run_lo &&
 		   g <= u->ra_end + RA_SLACK;
@@ -293,6 +300,7 @@ static bool urgent_sequential(struct urgent *u, uint64_t g, uint64_t g_last)
 		u->run_lo = g;
 		u->ra_end = g_last + 1;
 		u->ra_bytes = 0;
+		sent_window_reset(&u->own, g);
 	} else {
 		u->ra_bytes = !u->ra_bytes ? RA_FIRST :
 			      u->ra_bytes >= RA_MAX / 2 ? RA_MAX :
@@ -301,7 +309,6 @@ static bool urgent_sequential(struct urgent *u, uint64_t g, uint64_t g_last)
 			u->run_lo = g;
 	}
 	u->last_req = g_last;
-	return seq;
 }
 
 /* Claim and send the unsent host pages [p, end) of region ri. */
@@ -318,6 +325,7 @@ static int urgent_range(struct urgent *u, unsigned ri, uint64_t p,
 		err = src_send_host_page(u->tx, ri, p);
 		if (err)
 			return err;
+		sent_window_mark(&u->own, r->first + p);
 		SRC_STAT_ADD(s, host_pages_sent, 1);
 		SRC_STAT_ADD(s, urgent_pages, 1);
 	}
@@ -377,7 +385,6 @@ static int urgent_entry(struct urgent *u, const struct wire_req *rq)
 	struct src_region *r = &s->reg[ri];
 	uint64_t p = rq->offset / r->page_size, first = p;
 	uint64_t last = (rq->offset + (uint64_t)rq->count * TP - 1) / r->page_size;
-	uint64_t own_lo, own_hi;
 	unsigned resent = 0;
 	/* A paced main connection holds little ahead of a page it sent: a
 	 * copy here would queue at the same bottleneck behind it, so it
@@ -385,11 +392,7 @@ static int urgent_entry(struct urgent *u, const struct wire_req *rq)
 	bool paced = src_link_budget(s) != SIZE_MAX;
 	int err;
 
-	/* pages of the run this connection sent: [own_lo, own_hi) */
-	own_lo = u->run_lo;
-	own_hi = u->ra_end;
-	if (!urgent_sequential(u, r->first + p, r->first + last))
-		own_hi = own_lo;
+	urgent_sequential(u, r->first + p, r->first + last);
 	for (; p <= last; p++) {
 		bool claimed;
 
@@ -404,8 +407,10 @@ static int urgent_entry(struct urgent *u, const struct wire_req *rq)
 			continue;
 		}
 		claimed = urgent_claim(u, r, p);
-		if (!claimed && (paced || (r->first + p >= own_lo &&
-					   r->first + p < own_hi))) {
+		/* a page this connection sent in the run is ahead of this
+		 * answer on the same socket; one the background claimed is
+		 * not, and may sit behind the main socket's backlog */
+		if (!claimed && (paced || sent_window_test(&u->own, r->first + p))) {
 			SRC_STAT_ADD(s, duplicates, 1);
 			continue;
 		}
@@ -416,6 +421,7 @@ static int urgent_entry(struct urgent *u, const struct wire_req *rq)
 		err = src_send_host_page(u->tx, ri, p);
 		if (err)
 			return err;
+		sent_window_mark(&u->own, r->first + p);
 		if (claimed)
 			SRC_STAT_ADD(s, host_pages_sent, 1);
 		SRC_STAT_ADD(s, urgent_pages, 1);

@@ -2046,6 +2046,57 @@ START_TEST(test_urgent_readahead)
 END_TEST
 
 /*
+ * A page the background already claimed (it sits in the stalled main
+ * socket) is answered on the urgent connection even when it lies inside
+ * the run's readahead window: that window had no page of its own to send.
+ * Pages 4..14 are claimed by the background before any request; REQ 4
+ * starts a run, REQ 5 continues it (its readahead finds nothing unsent),
+ * REQ 7 must still be answered (a build that took the whole window for the
+ * urgent connection's own never answered it: the fault waited on main).
+ */
+START_TEST(test_urgent_resends_background_claimed)
+{
+	struct image im;
+	struct session ss;
+	struct stage u;
+	struct timeval tv = { .tv_sec = 5 };
+	uint64_t one = 1, i;
+	struct wire_req rq[3] = {
+		{ .region = 0, .count = 1, .offset = 4 * TP },
+		{ .region = 0, .count = 1, .offset = 5 * TP },
+		{ .region = 0, .count = 1, .offset = 7 * TP },
+	};
+
+	start_stalled_main(&ss, &im, 16 * MIB, 2000);
+	/* the background got past the window before any request came */
+	ck_assert_uint_gt(atomic_load(&ss.s->st.host_pages_sent), 16);
+	stage_open(&u, &im, PCOPY_CONN_URGENT, ss.s->hello.session_id);
+	/* a missing answer fails the read instead of hanging the test */
+	ck_assert_int_eq(setsockopt(u.d.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+	memcpy(u.d.start_req, rq, sizeof(rq));
+	u.d.n_start_req = 3;
+	u.d.close_after = 3;
+	ck_assert_int_eq(stage_run(&u, ss.s), 0);
+	ck_assert_msg(u.d.fail[0] == '\0', "urgent: %s", u.d.fail);
+	ck_assert_uint_eq(u.d.norder, 3);
+	ck_assert_uint_eq(u.d.order[0], 4);
+	ck_assert_uint_eq(u.d.order[1], 5);
+	ck_assert_uint_eq(u.d.order[2], 7);
+	ck_assert_int_eq(write(ss.d.go_fd, &one, 8), 8);
+	session_finish(&ss, 20000);
+	close(ss.d.go_fd);
+	ck_assert_msg(ss.d.fail[0] == '\0', "destination: %s", ss.d.fail);
+	ck_assert_int_eq(ss.wait_err, 0);
+	for (i = 0; i < 4096; i++)
+		ck_assert_msg(ss.d.seen[0][i] >= 1 || u.d.seen[0][i] >= 1,
+			      "page %llu never arrived", (unsigned long long)i);
+	fdest_free(&u.d);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+/*
  * END follows the last page actually written on any connection: the urgent
  * thread has claimed pages it cannot write (its peer does not read) while
  * the main connection delivers everything else; END must wait for those
@@ -2208,6 +2259,7 @@ static Suite *make_source_suite(void)
 	tcase_add_loop_test(tc, test_urgent_skip, 0, 2);
 	tcase_add_test(tc, test_urgent_bad_req);
 	tcase_add_test(tc, test_urgent_readahead);
+	tcase_add_test(tc, test_urgent_resends_background_claimed);
 	tcase_add_test(tc, test_end_after_urgent);
 	tcase_add_loop_test(tc, test_no_pacing_tcp, 0, 2);
 	suite_add_tcase(su, tc);
