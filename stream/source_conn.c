@@ -28,7 +28,15 @@
 /* Readahead on the urgent connection: after a request that continues the
  * previous ones (within RA_SLACK host pages), the following unsent pages go
  * out with it, RA_FIRST bytes the first time, doubling up to RA_MAX while
- * the faults stay sequential; a fault elsewhere sends just its page. */
+ * the faults stay sequential. A fault elsewhere (a new run) takes
+ * RA_ISOLATED with it, but no more than a tenth of what the pacing lets
+ * into the path (~20 us of a paced link), so the next fault's answer does
+ * not queue behind it: on loopback the neighbours of random faults are
+ * touched soon enough that this cut a random-order restore by a fifth and
+ * one without background stream by 3.7x. */
+#ifndef RA_ISOLATED
+#define RA_ISOLATED (16u << 10)
+#endif
 #ifndef RA_FIRST
 #define RA_FIRST (32u << 10)
 #endif
@@ -238,7 +246,8 @@ struct urgent {
 	/* the sequential run being read ahead, global host pages: requests
 	 * since [run_lo, last_req], pages sent up to ra_end (exclusive) */
 	uint64_t run_lo, last_req, ra_end;
-	size_t ra_bytes;		/* window; 0: the run is one request */
+	size_t ra_bytes;		/* window; 0: none */
+	bool isolated;			/* the run is one request so far */
 	struct sent_window own;		/* pages of the run sent here */
 };
 
@@ -289,7 +298,8 @@ static void urgent_written(struct urgent *u)
 /*
  * Follow the run with a request for global host pages [g, g_last]: one that
  * continues it grows the readahead window, one elsewhere starts a new run
- * with none (and forgets what this connection sent). Urgent thread.
+ * with the isolated fault's window (and forgets what this connection sent).
+ * Urgent thread.
  */
 static void urgent_sequential(struct urgent *u, uint64_t g, uint64_t g_last)
 {
@@ -299,12 +309,14 @@ static void urgent_sequential(struct urgent *u, uint64_t g, uint64_t g_last)
 	if (!seq) {
 		u->run_lo = g;
 		u->ra_end = g_last + 1;
-		u->ra_bytes = 0;
+		u->ra_bytes = RA_ISOLATED;
+		u->isolated = true;
 		sent_window_reset(&u->own, g);
 	} else {
-		u->ra_bytes = !u->ra_bytes ? RA_FIRST :
+		u->ra_bytes = u->ra_bytes < RA_FIRST ? RA_FIRST :
 			      u->ra_bytes >= RA_MAX / 2 ? RA_MAX :
 			      2 * u->ra_bytes;
+		u->isolated = false;
 		if (g < u->run_lo)
 			u->run_lo = g;
 	}
@@ -348,7 +360,10 @@ static int urgent_readahead(struct urgent *u, unsigned ri, uint64_t first,
 	int err;
 
 	/* on a slow path, a large window would queue ahead of the next
-	 * request as the background does: no more than the pacing allows */
+	 * request as the background does: no more than the pacing allows,
+	 * and a tenth of that for a fault that may be a random one */
+	if (u->isolated)
+		budget /= 10;
 	if (bytes > budget)
 		bytes = budget;
 	n = bytes / r->page_size;

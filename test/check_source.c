@@ -1833,7 +1833,9 @@ END_TEST
 
 /* Requests on the urgent connection are answered there, even for a page
  * the background already sent, while the main connection's buffers are
- * full because the destination does not read them. */
+ * full because the destination does not read them. Each is an isolated
+ * fault: its page, then 16 KiB of unsent pages after it (none after page
+ * 0: the background has them). */
 START_TEST(test_urgent)
 {
 	struct image im;
@@ -1863,14 +1865,15 @@ START_TEST(test_urgent)
 	u.d.start_req[1] = (struct wire_req){ .region = 0, .count = 1,
 					      .offset = 0 };
 	u.d.n_start_req = 2;
-	u.d.close_after = 2;	/* one frame per 4 KiB host page */
+	u.d.close_after = 6;	/* one frame per 4 KiB host page */
 	ck_assert_int_eq(stage_run(&u, ss.s), 0);
 	ck_assert_msg(u.d.fail[0] == '\0', "urgent: %s", u.d.fail);
-	ck_assert_uint_eq(u.d.norder, 2);
-	ck_assert_uint_eq(u.d.order[0], 4000);
-	ck_assert_uint_eq(u.d.order[1], 0);
+	ck_assert_uint_eq(u.d.norder, 6);
+	for (i = 0; i < 5; i++)
+		ck_assert_uint_eq(u.d.order[i], 4000 + (uint64_t)i);
+	ck_assert_uint_eq(u.d.order[5], 0);
 	ck_assert_int_eq(pcopy_source_stats(ss.s, &ss.st), 0);
-	ck_assert_uint_eq(ss.st.urgent_pages, 2);
+	ck_assert_uint_eq(ss.st.urgent_pages, 6);
 	ck_assert_uint_eq(ss.st.request_msgs, 1);
 	/* the urgent connection closing is no break */
 	usleep(50000);
@@ -1917,8 +1920,9 @@ START_TEST(test_urgent_bad_req)
 }
 END_TEST
 
-/* Urgent with a full restore: the urgent page is marked sent, so the main
- * stream skips it; NO_URGENT refuses the connection. */
+/* Urgent with a full restore: the urgent pages (the two asked for and the
+ * four of the isolated fault's readahead) are marked sent, so the main
+ * stream skips them; NO_URGENT refuses the connection. */
 START_TEST(test_urgent_skip)
 {
 	struct image im;
@@ -1936,13 +1940,13 @@ START_TEST(test_urgent_skip)
 	u.d.start_req[0] = (struct wire_req){ .region = 0, .count = 2,
 					      .offset = 2000 * TP };
 	u.d.n_start_req = 1;
-	u.d.close_after = 2;
+	u.d.close_after = 6;
 	if (_i) {
 		ck_assert_int_eq(stage_run(&u, ss.s), -EOPNOTSUPP);
 		ck_assert_int_ne(u.d.hs_err, 0);
 	} else {
 		ck_assert_int_eq(stage_run(&u, ss.s), 0);
-		ck_assert_uint_eq(u.d.norder, 2);
+		ck_assert_uint_eq(u.d.norder, 6);
 	}
 	ck_assert_int_eq(write(ss.d.go_fd, &one, 8), 8);
 	session_finish(&ss, 20000);
@@ -1956,7 +1960,7 @@ START_TEST(test_urgent_skip)
 			      "page %llu: %u on main, %u on urgent",
 			      (unsigned long long)tp, ss.d.seen[0][tp],
 			      u.d.seen[0][tp]);
-	ck_assert_uint_eq(ss.st.urgent_pages, _i ? 0 : 2);
+	ck_assert_uint_eq(ss.st.urgent_pages, _i ? 0 : 6);
 	fdest_free(&u.d);
 	session_free(&ss);
 	image_free(&im);
@@ -1994,10 +1998,11 @@ static void start_stalled_main(struct session *ss, struct image *im,
 	ck_assert_uint_lt(atomic_load(&ss->s->st.host_pages_sent), max_sent);
 }
 /*
- * Readahead on the urgent connection: a single request sends its page only;
- * the next one continuing it also sends the following pages (32 KiB); a
- * request elsewhere sends its page only again. And the background scan goes
- * on after the urgent request, not where it was.
+ * Readahead on the urgent connection: a single request sends its page and
+ * the next 16 KiB; the next one continuing it sends the 32 KiB after those
+ * (its own page went out already); a request elsewhere sends its page and
+ * 16 KiB again. And the background scan goes on after the urgent window,
+ * not where it was.
  */
 START_TEST(test_urgent_readahead)
 {
@@ -2016,27 +2021,29 @@ START_TEST(test_urgent_readahead)
 	stage_open(&u, &im, PCOPY_CONN_URGENT, ss.s->hello.session_id);
 	memcpy(u.d.start_req, rq, sizeof(rq));
 	u.d.n_start_req = 3;
-	u.d.close_after = 11;	/* 3000, 3001 + 8 read ahead, 3500 */
+	/* 3000 + 4 read ahead, 8 more after 3001, 3500 + 4 */
+	u.d.close_after = 18;
 	ck_assert_int_eq(stage_run(&u, ss.s), 0);
 	ck_assert_msg(u.d.fail[0] == '\0', "urgent: %s", u.d.fail);
-	ck_assert_uint_eq(u.d.norder, 11);
-	for (i = 0; i < 10; i++)
+	ck_assert_uint_eq(u.d.norder, 18);
+	for (i = 0; i < 13; i++)
 		ck_assert_uint_eq(u.d.order[i], 3000 + i);
-	ck_assert_uint_eq(u.d.order[10], 3500);
+	for (i = 0; i < 5; i++)
+		ck_assert_uint_eq(u.d.order[13 + i], 3500 + i);
 	ck_assert_int_eq(write(ss.d.go_fd, &one, 8), 8);
 	session_finish(&ss, 20000);
 	close(ss.d.go_fd);
 	ck_assert_msg(ss.d.fail[0] == '\0', "destination: %s", ss.d.fail);
 	ck_assert_int_eq(ss.wait_err, 0);
-	ck_assert_uint_eq(ss.st.urgent_pages, 11);
+	ck_assert_uint_eq(ss.st.urgent_pages, 18);
 	for (i = 0; i < 4096; i++)
 		ck_assert_msg(ss.d.seen[0][i] + u.d.seen[0][i] == 1,
 			      "page %llu: %u on main, %u on urgent",
 			      (unsigned long long)i, ss.d.seen[0][i],
 			      u.d.seen[0][i]);
-	/* the scan went on after the last urgent request (3500), not from
-	 * where the main connection blocked (before 2000) */
-	ck_assert(pos_of(&ss.d, 3501, &pos_near));
+	/* the scan went on after the last urgent window (3500..3504), not
+	 * from where the main connection blocked (before 2000) */
+	ck_assert(pos_of(&ss.d, 3505, &pos_near));
 	ck_assert(pos_of(&ss.d, 2000, &pos_far));
 	ck_assert_uint_lt(pos_near, pos_far);
 	fdest_free(&u.d);
