@@ -287,7 +287,8 @@ static inline bool src_live(struct pcopy_source *s, uint64_t gen)
 	return atomic_load_explicit(&s->live_gen, memory_order_acquire) == gen;
 }
 
-int src_thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
+int src_thread_start(pthread_t *t, void *(*fn)(void *), void *arg,
+		     const char *name);
 
 /* ---- connections (source_conn.c) ---- */
 

@@ -661,7 +661,7 @@ static int add_urgent(struct pcopy_source *s, int fd)
 	u->tx->gen = s->gen;
 	u->tx->last_tx_ns = now_ns();
 	atomic_store(&s->urg.last_rx_ns, now_ns());
-	err = src_thread_start(&s->urg.thread, urgent_main, u);
+	err = src_thread_start(&s->urg.thread, urgent_main, u, "pcopy-src-urg");
 	s->urg.started = !err;
 	if (err)
 		s->urg.live = false;

@@ -15,6 +15,7 @@
 
 #include "postcopy.h"
 #include "testlib.h"
+#include "threadname.h"
 
 #define TOUCHERS 4
 
@@ -163,6 +164,9 @@ static bool run_restore(struct run *run, const char *name)
 	rc = pcopy_dest_start(d, sp.fd);
 	ck_assert_msg(rc == 0, "dest_start: %s: %s", pcopy_strerror(rc),
 		      pcopy_dest_error(d));
+	/* the library's threads say what they are (top -H, perf) */
+	ck_assert(tl_thread_named("pcopy-fault"));
+	ck_assert(tl_thread_named("pcopy-recv"));
 	if (sp.urgent_fd >= 0) {
 		rc = pcopy_dest_add_urgent(d, sp.urgent_fd);
 		ck_assert_msg(rc == 0, "dest_add_urgent: %s: %s", pcopy_strerror(rc),

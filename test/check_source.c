@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "source.h"
+#include "threadname.h"
 
 #define TP 4096u
 #define MAXR 4
@@ -2127,6 +2128,10 @@ START_TEST(test_end_after_urgent)
 	ck_assert_int_eq(pthread_create(&u.t, NULL, fdest_main, &u.d), 0);
 	ck_assert_int_eq(pcopy_source_add_conn(ss.s, u.src_fd), 0);
 	WAIT_STAT_GT(ss.s, &ss.st, urgent_pages, 0);
+	/* the library's threads say what they are (top -H, perf) */
+	ck_assert(tl_thread_named("pcopy-src-read"));
+	ck_assert(tl_thread_named("pcopy-src-send"));
+	ck_assert(tl_thread_named("pcopy-src-urg"));
 	usleep(50000);	/* its socket is full now */
 	/* the main peer reads: the background sends all the rest */
 	ck_assert_int_eq(write(ss.d.go_fd, &one, 8), 8);
