@@ -181,9 +181,10 @@ struct ctl_done {
  * status for the process. */
 int b_serve(int lfd, const struct b_opts *o);
 /* Client: open a session of `kind` on the server (control connection, then
- * the data connection, once the server has its image ready). */
+ * the data connection, once the server has its image ready); in between,
+ * touch warm_bytes of fresh memory (b_warm_memory; 0: none). */
 int ctl_open(const struct b_addr *srv, enum ctl_kind kind, const struct b_opts *o,
-	     uint32_t flags, int *ctl_fd, int *data_fd);
+	     uint32_t flags, size_t warm_bytes, int *ctl_fd, int *data_fd);
 /* Client: after the data connection is done with, read the server's figures. */
 int ctl_finish(int ctl_fd, struct ctl_done *done);
 /* Client: tell the server to exit. */

@@ -134,7 +134,7 @@ int b_serve(int lfd, const struct b_opts *o)
 }
 
 int ctl_open(const struct b_addr *srv, enum ctl_kind kind, const struct b_opts *o,
-	     uint32_t flags, int *ctl_fd, int *data_fd)
+	     uint32_t flags, size_t warm_bytes, int *ctl_fd, int *data_fd)
 {
 	struct ctl_req rq = {
 		.magic = CTL_MAGIC,
@@ -158,6 +158,11 @@ int ctl_open(const struct b_addr *srv, enum ctl_kind kind, const struct b_opts *
 		close(ctl);
 		return rc;
 	}
+	/* Now: the server built its image (first use) and would otherwise
+	 * take the warmed pages; its handshake timer starts only when the
+	 * data connection below is accepted. */
+	if (warm_bytes)
+		b_warm_memory(warm_bytes);
 	fd = b_connect(srv);
 	if (fd < 0) {
 		close(ctl);

@@ -83,15 +83,13 @@ int run_lib(const struct b_opts *o, const struct b_addr *srv, enum b_order ord,
 	rc = b_plan_build(&plan, ord, o);
 	if (rc < 0)
 		goto out_unmap;
-	rc = ctl_open(srv, CTL_LIB, o, flags, &ctl, &fd);
+	/* The warm-up comes before the memory high-water mark is reset: it
+	 * is not the library's. */
+	rc = ctl_open(srv, CTL_LIB, o, flags, len, &ctl, &fd);
 	if (rc < 0) {
 		snprintf(r->note, sizeof(r->note), "server: %s", strerror(-rc));
 		goto out_plan;
 	}
-	/* After the server said ready (it builds its image on first use and
-	 * would take the warmed pages), before the memory high-water mark
-	 * is reset (the warm-up is not the library's). */
-	b_warm_memory(len);
 	pcopy_dest_opts_init(&dopts);
 	dopts.log = log_stderr;
 	b_reset_hwm();

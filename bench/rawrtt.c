@@ -117,10 +117,9 @@ int run_raw(const struct b_opts *o, const struct b_addr *srv, struct b_result *r
 	rc = b_plan_build(&plan, ORDER_RANDOM, &one);
 	if (rc < 0)
 		goto out_close;
-	rc = ctl_open(srv, CTL_RAW, o, 0, &ctl, &h.fd);
+	rc = ctl_open(srv, CTL_RAW, o, 0, h.len + (64u << 20), &ctl, &h.fd);
 	if (rc < 0)
 		goto out_plan;
-	b_warm_memory(h.len + (64u << 20));	/* after ready: see librun.c */
 	c0 = b_proc_cpu_ns();
 	t0 = b_now_ns();
 	rc = -pthread_create(&h.tid, NULL, raw_handler_main, &h);

@@ -45,6 +45,8 @@ server_pid=""
 ip_src=10.231.$(( $$ % 200 + 10 )).1
 ip_dst=10.231.$(( $$ % 200 + 10 )).2
 port=7077
+reporting_knob=/sys/module/page_reporting/parameters/min_free_ms
+reporting_saved=""
 
 cleanup() {
 	if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
@@ -55,6 +57,11 @@ cleanup() {
 	ip netns del "$ns_src" 2>/dev/null
 	ip netns del "$ns_dst" 2>/dev/null
 }
+restore_reporting() { # put back what the hold below changed
+	[ -n "${reporting_saved:-}" ] && echo "$reporting_saved" >"$reporting_knob"
+	reporting_saved=""
+}
+
 trap 'cleanup; restore_reporting' EXIT
 trap 'exit 130' INT TERM
 
@@ -65,21 +72,19 @@ trap 'exit 130' INT TERM
 # time all in the UFFDIO_COPY's copy (perf). Hold freed pages for a minute
 # while the matrix runs (every run reuses what the one before freed), and
 # put the setting back at exit. PCOPY_BENCH_KEEP_REPORTING=1 leaves it.
-reporting_knob=/sys/module/page_reporting/parameters/min_free_ms
-reporting_saved=""
+# Two run.sh at once interfere here (and in every figure): don't.
 if [ -w "$reporting_knob" ] && [ -z "${PCOPY_BENCH_KEEP_REPORTING:-}" ]; then
 	reporting_saved=$(cat "$reporting_knob")
 	if [ "$reporting_saved" -lt 60000 ] 2>/dev/null; then
-		echo 60000 >"$reporting_knob" &&
+		if echo 60000 >"$reporting_knob"; then
 			echo "run.sh: $reporting_knob $reporting_saved -> 60000 for this run"
+		else
+			reporting_saved=""
+		fi
 	else
-		reporting_saved=""
+		reporting_saved=""	# already held (another run.sh?): leave it
 	fi
 fi
-restore_reporting() {
-	[ -n "${reporting_saved:-}" ] && echo "$reporting_saved" >"$reporting_knob"
-	reporting_saved=""
-}
 
 veth_up() { # rate burst
 	local rate=$1 burst=$2

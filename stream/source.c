@@ -392,11 +392,9 @@ void src_break(struct pcopy_source *s, uint64_t gen, int err, bool proto,
 		  proto ? " by a protocol error" : "", msg);
 }
 
-/* Start a thread with every signal blocked (the caller's handlers never run
- * on library threads), named `name` (top -H, perf; at most 15 characters).
- * Returns 0 or -errno. Caller's thread. */
-int src_thread_start(pthread_t *t, void *(*fn)(void *), void *arg,
-		     const char *name)
+/* Start a thread with every signal blocked: the caller's handlers never run
+ * on library threads. Returns 0 or -errno. Caller's thread. */
+int src_thread_start(pthread_t *t, void *(*fn)(void *), void *arg)
 {
 	sigset_t all, old;
 	int err;
@@ -405,8 +403,6 @@ int src_thread_start(pthread_t *t, void *(*fn)(void *), void *arg,
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	err = pthread_create(t, NULL, fn, arg);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (err == 0)
-		(void)pthread_setname_np(*t, name);	/* cosmetic */
 	return -err;
 }
 
@@ -534,7 +530,7 @@ int pcopy_source_start(struct pcopy_source *s, int fd)
 		atomic_store(&s->live_gen, 1);
 	}
 	pthread_mutex_unlock(&s->lock);
-	err = src_thread_start(&s->main.thread, src_reader_main, s, "pcopy-src-read");
+	err = src_thread_start(&s->main.thread, src_reader_main, s);
 	if (err) {
 		pthread_mutex_lock(&s->lock);
 		s->main.live = false;
@@ -544,7 +540,7 @@ int pcopy_source_start(struct pcopy_source *s, int fd)
 		goto out;
 	}
 	s->main.started = true;
-	err = src_thread_start(&s->sender, src_sender_main, s, "pcopy-src-send");
+	err = src_thread_start(&s->sender, src_sender_main, s);
 	if (err) {
 		src_end(s, err, false, "cannot start the sender: %s",
 			strerror(-err));

@@ -248,6 +248,8 @@ struct pcopy_source {
 					   for 0 (source_conn.c) */
 	_Atomic uint64_t link_rate;	/* bytes/s the paced main connection
 					   delivers; 0: unknown or not paced */
+	_Atomic bool main_paced;	/* the main connection is paced (its
+					   rate may be unknown yet) */
 	_Atomic uint64_t bg_hint;	/* 1 + global host page where the
 					   background scan goes on (set by the
 					   urgent thread: faults cluster); 0:
@@ -287,8 +289,7 @@ static inline bool src_live(struct pcopy_source *s, uint64_t gen)
 	return atomic_load_explicit(&s->live_gen, memory_order_acquire) == gen;
 }
 
-int src_thread_start(pthread_t *t, void *(*fn)(void *), void *arg,
-		     const char *name);
+int src_thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
 
 /* ---- connections (source_conn.c) ---- */
 

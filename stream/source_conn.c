@@ -187,6 +187,7 @@ void *src_reader_main(void *arg)
 	uint64_t gen;
 	int fd, err;
 
+	(void)pthread_setname_np(pthread_self(), "pcopy-src-read");	/* top -H, perf */
 	pthread_mutex_lock(&s->lock);
 	gen = s->main.gen;
 	fd = s->main.fd;
@@ -510,6 +511,7 @@ static void *urgent_main(void *arg)
 	struct wire_hdr h;
 	int err = 0;
 
+	(void)pthread_setname_np(pthread_self(), "pcopy-src-urg");	/* top -H, perf */
 	while (src_live(s, c->gen)) {
 		uint64_t dl = rx_deadline(s, c), ping = 0;
 
@@ -661,7 +663,7 @@ static int add_urgent(struct pcopy_source *s, int fd)
 	u->tx->gen = s->gen;
 	u->tx->last_tx_ns = now_ns();
 	atomic_store(&s->urg.last_rx_ns, now_ns());
-	err = src_thread_start(&s->urg.thread, urgent_main, u, "pcopy-src-urg");
+	err = src_thread_start(&s->urg.thread, urgent_main, u);
 	s->urg.started = !err;
 	if (err)
 		s->urg.live = false;

@@ -208,8 +208,7 @@ int src_resume(struct pcopy_source *s, int fd, char *msg, size_t len)
 	s->resuming = false;
 	if (src_live(s, gen)) {
 		s->main.live = true;
-		err = src_thread_start(&s->main.thread, src_reader_main, s,
-				       "pcopy-src-read");
+		err = src_thread_start(&s->main.thread, src_reader_main, s);
 		s->main.started = !err;
 		s->main.live = !err;
 	}
@@ -362,7 +361,7 @@ int src_adopt(struct pcopy_source *s, int fd)
 		 s->hello.session_id);
 	pthread_mutex_unlock(&s->lock);
 
-	err = src_thread_start(&s->sender, src_sender_main, s, "pcopy-src-send");
+	err = src_thread_start(&s->sender, src_sender_main, s);
 	if (err) {
 		close(fd);
 		src_end(s, err, false, "cannot start the sender: %s",

@@ -707,6 +707,7 @@ void *src_sender_main(void *arg)
 	bool done;
 	int err;
 
+	(void)pthread_setname_np(pthread_self(), "pcopy-src-send");	/* top -H, perf */
 	while (next_conn(s, tx)) {
 		src_tx_drop(tx);
 		src_tx_drop(rtx);
@@ -714,6 +715,7 @@ void *src_sender_main(void *arg)
 		tx->bw = 0.0;
 		tx->rate_t = 0;
 		atomic_store(&s->link_rate, 0);
+		atomic_store(&s->main_paced, tx->paced);
 		rtx->fd = tx->fd;
 		rtx->gen = tx->gen;
 		tx->last_tx_ns = pcopy_now_ns();

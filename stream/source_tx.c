@@ -114,16 +114,20 @@ bool src_sockopts(struct pcopy_source *s, int fd, bool urgent)
 
 /*
  * Bytes that the paced path carries in QUEUE_NS (what a burst on the urgent
- * connection may add to the queue a request waits in), or SIZE_MAX when the
- * main connection is not paced (Unix socket, loopback before a measurement).
- * Urgent thread.
+ * connection may add to the queue a request waits in); QUEUE_MIN while a
+ * paced connection has no measurement (its first 4 ms, or for good without
+ * a background stream, which is what measures it); SIZE_MAX when the main
+ * connection is not paced (Unix socket, loopback). Urgent thread.
  */
 size_t src_link_budget(struct pcopy_source *s)
 {
 	uint64_t rate = atomic_load_explicit(&s->link_rate,
 					     memory_order_relaxed);
 
-	return rate ? (size_t)((double)rate * QUEUE_NS * 1e-9) : SIZE_MAX;
+	if (rate)
+		return (size_t)((double)rate * QUEUE_NS * 1e-9);
+	return atomic_load_explicit(&s->main_paced, memory_order_relaxed) ?
+	       QUEUE_MIN : SIZE_MAX;
 }
 
 /*

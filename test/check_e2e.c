@@ -164,9 +164,16 @@ static bool run_restore(struct run *run, const char *name)
 	rc = pcopy_dest_start(d, sp.fd);
 	ck_assert_msg(rc == 0, "dest_start: %s: %s", pcopy_strerror(rc),
 		      pcopy_dest_error(d));
-	/* the library's threads say what they are (top -H, perf) */
+	/* the library's threads say what they are (top -H, perf): each names
+	 * itself when it starts; the receiver ends with the restore, which a
+	 * small one may reach first */
+	for (int i = 0; i < 200 && !tl_thread_named("pcopy-fault"); i++)
+		usleep(5000);
 	ck_assert(tl_thread_named("pcopy-fault"));
-	ck_assert(tl_thread_named("pcopy-recv"));
+	for (int i = 0; i < 200 && !tl_thread_named("pcopy-recv") &&
+			pcopy_dest_wait(d, 0) != 0; i++)
+		usleep(5000);
+	ck_assert(tl_thread_named("pcopy-recv") || pcopy_dest_wait(d, 0) == 0);
 	if (sp.urgent_fd >= 0) {
 		rc = pcopy_dest_add_urgent(d, sp.urgent_fd);
 		ck_assert_msg(rc == 0, "dest_add_urgent: %s: %s", pcopy_strerror(rc),

@@ -2057,8 +2057,10 @@ END_TEST
  * A page the background already claimed (it sits in the stalled main
  * socket) is answered on the urgent connection even when it lies inside
  * the run's readahead window: that window had no page of its own to send.
- * Pages 4..14 are claimed by the background before any request; REQ 4
- * starts a run, REQ 5 continues it (its readahead finds nothing unsent),
+ * The background claims pages 0..32 and more (62 here) before any request;
+ * REQ 4 starts a run, REQ 5 continues it (the readahead windows after them,
+ * 5..16 and 17..32 for REQ 7, find nothing unsent: nothing of theirs can
+ * follow on the urgent socket after the fake destination stopped reading),
  * REQ 7 must still be answered (a build that took the whole window for the
  * urgent connection's own never answered it: the fault waited on main).
  */
@@ -2076,8 +2078,8 @@ START_TEST(test_urgent_resends_background_claimed)
 	};
 
 	start_stalled_main(&ss, &im, 16 * MIB, 2000);
-	/* the background got past the window before any request came */
-	ck_assert_uint_gt(atomic_load(&ss.s->st.host_pages_sent), 16);
+	/* the background got past every window before any request came */
+	ck_assert_uint_gt(atomic_load(&ss.s->st.host_pages_sent), 32);
 	stage_open(&u, &im, PCOPY_CONN_URGENT, ss.s->hello.session_id);
 	/* a missing answer fails the read instead of hanging the test */
 	ck_assert_int_eq(setsockopt(u.d.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
@@ -2098,6 +2100,58 @@ START_TEST(test_urgent_resends_background_claimed)
 	for (i = 0; i < 4096; i++)
 		ck_assert_msg(ss.d.seen[0][i] >= 1 || u.d.seen[0][i] >= 1,
 			      "page %llu never arrived", (unsigned long long)i);
+	fdest_free(&u.d);
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+/*
+ * On a paced link the urgent readahead stays within what the pacing lets
+ * into the path (200 us of the link rate): an isolated fault gets a tenth of
+ * that (nothing at 1 Gbit/s), a sequential one at most all of it. While the
+ * paced connection has no measured rate yet (without a background stream it
+ * never gets one), the budget is 16 KiB, not unlimited. _i = 0: a measured
+ * 1 Gbit/s (25000 bytes: 6 pages); 1: paced, rate unknown (16 KiB: 4 pages,
+ * nothing for an isolated fault).
+ */
+START_TEST(test_urgent_readahead_paced)
+{
+	struct image im;
+	struct session ss;
+	struct stage u;
+	uint64_t one = 1, i, n = _i ? 4 : 6;
+	struct wire_req rq[2] = {
+		{ .region = 0, .count = 1, .offset = 3000 * TP },
+		{ .region = 0, .count = 1, .offset = 3001 * TP },
+	};
+
+	start_stalled_main(&ss, &im, 16 * MIB, 2000);
+	/* white box: the pacer's figures, as a paced main connection has them
+	 * (this one is a socketpair, which the sender never measures) */
+	atomic_store(&ss.s->main_paced, true);
+	atomic_store(&ss.s->link_rate, _i ? 0 : 125000000u);
+	stage_open(&u, &im, PCOPY_CONN_URGENT, ss.s->hello.session_id);
+	memcpy(u.d.start_req, rq, sizeof(rq));
+	u.d.n_start_req = 2;
+	u.d.close_after = (long)(2 + n);	/* 3000 alone, 3001 + n after it */
+	ck_assert_int_eq(stage_run(&u, ss.s), 0);
+	ck_assert_msg(u.d.fail[0] == '\0', "urgent: %s", u.d.fail);
+	ck_assert_uint_eq(u.d.norder, 2 + n);
+	for (i = 0; i < 2 + n; i++)
+		ck_assert_uint_eq(u.d.order[i], 3000 + i);
+	ck_assert_int_eq(write(ss.d.go_fd, &one, 8), 8);
+	session_finish(&ss, 20000);
+	close(ss.d.go_fd);
+	ck_assert_msg(ss.d.fail[0] == '\0', "destination: %s", ss.d.fail);
+	ck_assert_int_eq(ss.wait_err, 0);
+	/* nothing more went out on the urgent connection than those */
+	ck_assert_uint_eq(ss.st.urgent_pages, 2 + n);
+	for (i = 0; i < 4096; i++)
+		ck_assert_msg(ss.d.seen[0][i] + u.d.seen[0][i] == 1,
+			      "page %llu: %u on main, %u on urgent",
+			      (unsigned long long)i, ss.d.seen[0][i],
+			      u.d.seen[0][i]);
 	fdest_free(&u.d);
 	session_free(&ss);
 	image_free(&im);
@@ -2272,6 +2326,7 @@ static Suite *make_source_suite(void)
 	tcase_add_test(tc, test_urgent_bad_req);
 	tcase_add_test(tc, test_urgent_readahead);
 	tcase_add_test(tc, test_urgent_resends_background_claimed);
+	tcase_add_loop_test(tc, test_urgent_readahead_paced, 0, 2);
 	tcase_add_test(tc, test_end_after_urgent);
 	tcase_add_loop_test(tc, test_no_pacing_tcp, 0, 2);
 	suite_add_tcase(su, tc);

@@ -487,11 +487,9 @@ fail_early:
 
 /* ---- start ---- */
 
-/* Library threads take no asynchronous signals meant for the app, and are
- * named (top -H, perf) `name` (at most 15 characters).
+/* Library threads take no asynchronous signals meant for the app.
  * Returns 0 or -errno. Caller's thread. */
-int dest_start_thread(struct pcopy_dest *d, pthread_t *t, void *(*fn)(void *),
-		      const char *name)
+int dest_start_thread(struct pcopy_dest *d, pthread_t *t, void *(*fn)(void *))
 {
 	sigset_t all, old;
 	int rc;
@@ -500,8 +498,6 @@ int dest_start_thread(struct pcopy_dest *d, pthread_t *t, void *(*fn)(void *),
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	rc = pthread_create(t, NULL, fn, d);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (rc == 0)
-		(void)pthread_setname_np(*t, name);	/* cosmetic */
 	return -rc;
 }
 
@@ -552,21 +548,20 @@ int pcopy_dest_start(struct pcopy_dest *d, int fd)
 	d->conn[DEST_MAIN].last_rx_ns = pcopy_now_ns();
 	atomic_store(&d->last_tx_ns[DEST_MAIN], pcopy_now_ns());
 	atomic_store(&d->start_ns, pcopy_now_ns());
-	rc = dest_start_thread(d, &d->fault_thr, dest_fault_main, "pcopy-fault");
+	rc = dest_start_thread(d, &d->fault_thr, dest_fault_main);
 	if (rc < 0) {
 		fail_sync(d, rc, "starting the fault thread: %s", strerror(-rc));
 		return rc;
 	}
 	d->fault_thr_on = true;
-	rc = dest_start_thread(d, &d->recv_thr, dest_recv_main, "pcopy-recv");
+	rc = dest_start_thread(d, &d->recv_thr, dest_recv_main);
 	if (rc < 0) {
 		fail_sync(d, rc, "starting the receiver: %s", strerror(-rc));
 		return rc;
 	}
 	d->recv_thr_on = true;
 	if (d->connect) {
-		rc = dest_start_thread(d, &d->rc_thr, dest_reconnect_main,
-				       "pcopy-reconnect");
+		rc = dest_start_thread(d, &d->rc_thr, dest_reconnect_main);
 		if (rc < 0) {
 			fail_sync(d, rc, "starting the reconnect thread: %s",
 				  strerror(-rc));

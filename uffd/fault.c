@@ -326,6 +326,7 @@ void *dest_fault_main(void *arg)
 	};
 
 	atomic_store(&d->fault_tid, (int)syscall(SYS_gettid));
+	(void)pthread_setname_np(pthread_self(), "pcopy-fault");	/* top -H, perf */
 	d->conn[DEST_URGENT].on_again = fault_again;
 	d->conn[DEST_URGENT].again_arg = &q;
 	fwait_init(d, &w);

@@ -257,8 +257,7 @@ int dest_send(struct pcopy_dest *d, unsigned which, struct wire_hdr *h,
 /* The region holding addr, or NULL. Lock-free, O(log n). */
 struct dest_region *dest_find_region(struct pcopy_dest *d, uint64_t addr);
 /* Start a library thread with every signal blocked. Returns 0 or -errno. */
-int dest_start_thread(struct pcopy_dest *d, pthread_t *t, void *(*fn)(void *),
-		      const char *name);
+int dest_start_thread(struct pcopy_dest *d, pthread_t *t, void *(*fn)(void *));
 /* Write 1 to an eventfd (best effort). */
 void dest_kick(int efd);
 /* Receiver, starting (live) and ending (!live): while it runs, it calls

@@ -606,6 +606,7 @@ void *dest_recv_main(void *arg)
 	enum recv_end e;
 	int err;
 
+	(void)pthread_setname_np(pthread_self(), "pcopy-recv");	/* top -H, perf */
 	dest_recv_live(d, true);
 	e = recv_loop(d);
 

@@ -497,6 +497,7 @@ void *dest_reconnect_main(void *arg)
 {
 	struct pcopy_dest *d = arg;
 
+	(void)pthread_setname_np(pthread_self(), "pcopy-reconnect");	/* top -H, perf */
 	pthread_mutex_lock(&d->lock);
 	while (!atomic_load(&d->stopping)) {
 		unsigned backoff = 10, attempt = 0;
