@@ -548,14 +548,23 @@ int pcopy_dest_start(struct pcopy_dest *d, int fd)
 	d->conn[DEST_MAIN].last_rx_ns = pcopy_now_ns();
 	atomic_store(&d->last_tx_ns[DEST_MAIN], pcopy_now_ns());
 	atomic_store(&d->start_ns, pcopy_now_ns());
+	/* Before the fault thread can record a failure: from now on its
+	 * failures are the receiver's to report (see fail_record), even if
+	 * the receiver has not run yet. */
+	pthread_mutex_lock(&d->lock);
+	d->recv_live = true;
+	pthread_mutex_unlock(&d->lock);
 	rc = dest_start_thread(d, &d->fault_thr, dest_fault_main);
 	if (rc < 0) {
+		dest_recv_live(d, false);
 		fail_sync(d, rc, "starting the fault thread: %s", strerror(-rc));
 		return rc;
 	}
 	d->fault_thr_on = true;
 	rc = dest_start_thread(d, &d->recv_thr, dest_recv_main);
 	if (rc < 0) {
+		/* no receiver: deliver what the fault thread left for it */
+		dest_recv_live(d, false);
 		fail_sync(d, rc, "starting the receiver: %s", strerror(-rc));
 		return rc;
 	}

@@ -227,7 +227,8 @@ struct pcopy_dest {
 				   not as soon as the last page is counted */
 	/* A failure recorded on the fault thread: the receiver calls on_event
 	 * and releases the waiters (under lock; see fail_record). */
-	bool recv_live;		/* the receiver runs and will look */
+	bool recv_live;		/* the receiver runs (or is about to: set
+				   by start before any thread) and will look */
 	bool event_pending;
 	int event_err;
 	_Atomic int fault_tid;	/* the fault thread's tid, 0 before it runs */
@@ -260,9 +261,11 @@ struct dest_region *dest_find_region(struct pcopy_dest *d, uint64_t addr);
 int dest_start_thread(struct pcopy_dest *d, pthread_t *t, void *(*fn)(void *));
 /* Write 1 to an eventfd (best effort). */
 void dest_kick(int efd);
-/* Receiver, starting (live) and ending (!live): while it runs, it calls
- * on_event for failures recorded on the fault thread; at the end it
- * delivers one still pending. */
+/* Start sets it live before any thread runs; the receiver sets it again
+ * when it starts and clears it when it ends (or start, when the threads
+ * could not be started): while live, failures recorded on the fault thread
+ * are the receiver's to report (on_event); clearing it delivers one still
+ * pending. */
 void dest_recv_live(struct pcopy_dest *d, bool live);
 
 /* ---- uffd_open.c ---- */
