@@ -94,3 +94,8 @@ void tl_hugetlb_release(void)
 		saved_nr = -1;
 	}
 }
+
+long tl_hugetlb_free(void)
+{
+	return huge_free();
+}

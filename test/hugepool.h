@@ -14,4 +14,8 @@
 int tl_hugetlb_reserve(unsigned long pages, char *why, size_t whylen);
 void tl_hugetlb_release(void);
 
+/* 2 MiB huge pages free and not reserved by any mapping now; -1 if
+ * unreadable (no hugetlb support). Any thread. */
+long tl_hugetlb_free(void);
+
 #endif

@@ -65,9 +65,10 @@ if command -v valgrind >/dev/null; then
 	vdir="$top/build"
 	# Threads blocked in a userfaultfd fault hold valgrind's big lock, so
 	# suites whose threads touch missing memory run only their cases that
-	# don't (check_dest gates itself; for check_e2e, the no-touch restores;
-	# check_recovery cannot run). PROG or PROG:TCASE.
-	for spec in check_wire check_source check_dest check_proxy check_auth check_fuzz \
+	# don't (the check_dest* suites gate themselves; for check_e2e, the
+	# no-touch restores; check_recovery cannot run). PROG or PROG:TCASE.
+	for spec in check_wire check_sent_window check_source check_dest check_dest_failure check_dest_recovery \
+		    check_dest_urgent check_proxy check_auth check_fuzz \
 		    check_hostile check_adopt check_e2e:no-touch; do
 		t=${spec%%:*}
 		case "$spec" in *:*) tcase=${spec#*:} ;; *) tcase= ;; esac
