@@ -210,6 +210,30 @@ static void emit(const struct b_opts *o, FILE *jf, const struct b_result *all,
 	report_targets(stdout, o, all, n);
 }
 
+/* Throughput (no toucher): the best of NONE_REPS runs, the statistic the
+ * floors it is compared with use. On this VM a run's fresh pages are now
+ * and then slow to write for every method alike (host side: the same run
+ * took 0.49 s and 0.69 s in one invocation); one run of the library against
+ * the floors' best of 3 would compare a draw with a best. */
+#define NONE_REPS 3
+static int run_lib_best(const struct b_opts *o, const struct b_addr *srv,
+			enum b_lib_variant v, struct b_result *best)
+{
+	struct b_result cur;
+	int rc = 0;
+
+	for (int rep = 0; rep < NONE_REPS; rep++) {
+		rc = run_lib(o, srv, ORDER_NONE, v, &cur);
+		if (rc < 0 || rep == 0 || cur.total_s < best->total_s)
+			*best = cur;
+		if (rc < 0)
+			break;
+	}
+	if (rc == 0 && !best->note[0])
+		snprintf(best->note, sizeof(best->note), "best of %d", NONE_REPS);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	static struct b_result res[B_RESULTS_MAX];
@@ -328,9 +352,14 @@ int main(int argc, char **argv)
 			if (v == LIBV_NOBG && k == ORDER_NONE)
 				continue;
 			progress(&o, what[v], b_order_name((enum b_order)k));
-			if (run_lib(&o, &srv, (enum b_order)k, (enum b_lib_variant)v,
-				    &res[n++]) < 0)
+			if (k == ORDER_NONE) {
+				if (run_lib_best(&o, &srv, (enum b_lib_variant)v,
+						 &res[n++]) < 0)
+					failed++;
+			} else if (run_lib(&o, &srv, (enum b_order)k,
+					   (enum b_lib_variant)v, &res[n++]) < 0) {
 				failed++;
+			}
 		}
 	}
 	emit(&o, jf, res, n);
