@@ -254,7 +254,6 @@ START_TEST(test_remove)
 }
 END_TEST
 
-
 /*
  * The restore completes during a pause with no deadline, on the fault
  * thread: the application removed every missing page (REMOVE events). The
