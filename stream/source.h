@@ -139,6 +139,8 @@ struct src_tx {
 	uint64_t flushes;		/* successful flushes so far */
 	bool paced;			/* TCP, pacing on: src_tx_room bounds the background */
 	double bw;			/* TCP delivery rate estimate, bytes/ns */
+	bool quiet;			/* paced for a destination that asks
+					   for nothing (src_tx_room) */
 	uint64_t rate_t, rate_acked;	/* its window: start, bytes acked then */
 	struct src_window win;
 	struct codec_zlib *zlib;	/* when PCOPY_FEAT_ZLIB was negotiated */
@@ -154,6 +156,7 @@ int src_tx_flush(struct src_tx *tx);
 int src_tx_simple(struct src_tx *tx, uint8_t type);
 bool src_sockopts(struct pcopy_source *s, int fd, bool urgent);
 size_t src_tx_room(struct src_tx *tx, uint64_t *wait_ns);
+bool src_requests_quiet(struct pcopy_source *s, uint64_t now);
 size_t src_link_budget(struct pcopy_source *s);
 void src_rate_init(struct pcopy_source *s);
 int src_rate_wait(struct pcopy_source *s, uint64_t gen, size_t bytes);
@@ -254,6 +257,9 @@ struct pcopy_source {
 					   background scan goes on (set by the
 					   urgent thread: faults cluster); 0:
 					   none */
+	_Atomic uint64_t req_ns;	/* when a REQ was last read on either
+					   connection; 0: never (the pacing
+					   follows it, source_tx.c) */
 	_Atomic uint64_t urg_req_ns;	/* when the urgent thread last read a
 					   REQ; 0: never (the sender's priority
 					   follows it, source_send.c) */

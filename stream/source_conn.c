@@ -120,6 +120,7 @@ static int on_req(struct pcopy_source *s, uint64_t gen,
 	/* counted once queued, so a reader of the stats that sees it also
 	 * finds its pages queued */
 	SRC_STAT_ADD(s, request_msgs, 1);
+	atomic_store_explicit(&s->req_ns, pcopy_now_ns(), memory_order_relaxed);
 	return 0;
 }
 
@@ -477,6 +478,7 @@ static int urgent_req(struct urgent *u, const struct wire_hdr *h)
 	}
 	SRC_STAT_ADD(s, request_msgs, 1);
 	atomic_store_explicit(&s->urg_req_ns, pcopy_now_ns(), memory_order_relaxed);
+	atomic_store_explicit(&s->req_ns, pcopy_now_ns(), memory_order_relaxed);
 	for (i = 0; i < h->count; i++) {
 		err = urgent_entry(u, &u->reqs[i]);
 		if (err)

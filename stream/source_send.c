@@ -713,6 +713,7 @@ void *src_sender_main(void *arg)
 		src_tx_drop(rtx);
 		tx->paced = src_sockopts(s, tx->fd, false);
 		tx->bw = 0.0;
+		tx->quiet = false;
 		tx->rate_t = 0;
 		atomic_store(&s->link_rate, 0);
 		atomic_store(&s->main_paced, tx->paced);

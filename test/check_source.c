@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -2217,21 +2218,15 @@ START_TEST(test_end_after_urgent)
 }
 END_TEST
 
-/* A restore over TCP loopback, paced (the source paces loopback peers only
- * when a test asks) and with PCOPY_SOURCE_NO_PACING: both complete; only the
- * paced one measures the link's delivery rate. */
-START_TEST(test_no_pacing_tcp)
+/* Swap the session's socketpair for a TCP loopback connection, paced like a
+ * remote peer (the source paces loopback peers only when a test asks).
+ * Returns the source's end. */
+static int session_use_tcp(struct session *ss)
 {
-	struct image im;
-	struct session ss;
 	struct sockaddr_in a = { .sin_family = AF_INET };
 	socklen_t al = sizeof(a);
 	int lfd, cfd, sfd;
 
-	image_init(&im);
-	image_add(&im, 64 * MIB, TP);	/* long enough for several 4 ms rate windows */
-	session_setup(&ss, &im, _i ? PCOPY_SOURCE_NO_PACING : 0, 0, 0);
-	/* swap the socketpair for a TCP loopback connection */
 	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	ck_assert_int_ge(lfd, 0);
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -2243,11 +2238,25 @@ START_TEST(test_no_pacing_tcp)
 	sfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
 	ck_assert_int_ge(sfd, 0);
 	close(lfd);
-	close(ss.d.fd);
-	close(ss.start_err);
-	ss.d.fd = cfd;
-	ss.start_err = sfd;
-	ss.s->pace_loopback = true;
+	close(ss->d.fd);
+	close(ss->start_err);
+	ss->d.fd = cfd;
+	ss->start_err = sfd;
+	ss->s->pace_loopback = true;
+	return sfd;
+}
+
+/* A restore over TCP loopback, paced and with PCOPY_SOURCE_NO_PACING: both
+ * complete; only the paced one measures the link's delivery rate. */
+START_TEST(test_no_pacing_tcp)
+{
+	struct image im;
+	struct session ss;
+
+	image_init(&im);
+	image_add(&im, 64 * MIB, TP);	/* long enough for several 4 ms rate windows */
+	session_setup(&ss, &im, _i ? PCOPY_SOURCE_NO_PACING : 0, 0, 0);
+	session_use_tcp(&ss);
 	session_start(&ss);
 	session_finish(&ss, 20000);
 	assert_clean_run(&ss);
@@ -2256,6 +2265,67 @@ START_TEST(test_no_pacing_tcp)
 	else
 		ck_assert_msg(atomic_load(&ss.s->link_rate) > 0,
 			      "paced, but no delivery rate was measured");
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
+/*
+ * A paced destination that has asked for nothing for 50 ms gets a deeper
+ * queue (source_tx.c, QUEUE_QUIET_NS): the sender lifts its socket's bound
+ * on unsent bytes from 64 KiB to 4 MiB with it, and puts it back once
+ * requests come. Loop 0: no request; loop 1: a request every millisecond
+ * (white box: the time the readers record for each REQ).
+ */
+START_TEST(test_paced_quiet_spell)
+{
+	const int tight = 64 << 10, loose = 4 << 20;
+	struct pcopy_source_opts o;
+	struct image im;
+	struct session ss;
+	uint64_t t0, now, last_loose = 0;
+	unsigned samples = 0, loose_seen = 0;
+	int sfd;
+
+	image_init(&im);
+	image_add(&im, 32 * MIB, TP);
+	pcopy_source_opts_init(&o);
+	o.max_rate_bps = 50u << 20;	/* about 0.6 s: the spell starts at 50 ms */
+	session_setup_o(&ss, &im, &o, 0);
+	sfd = session_use_tcp(&ss);
+	t0 = pcopy_now_ns();
+	session_start(&ss);
+	ck_assert_int_eq(ss.start_err, 0);
+	/* the source owns sfd until it ends: look only well before that */
+	while ((now = pcopy_now_ns()) - t0 < 300000000u) {
+		int lowat = 0;
+		socklen_t len = sizeof(lowat);
+
+		if (_i)
+			atomic_store(&ss.s->req_ns, now);
+		ck_assert_int_eq(getsockopt(sfd, IPPROTO_TCP, TCP_NOTSENT_LOWAT,
+					    &lowat, &len), 0);
+		ck_assert_msg(lowat == tight || lowat == loose,
+			      "unsent bound %d", lowat);
+		samples++;
+		if (lowat == loose) {
+			loose_seen++;
+			last_loose = now - t0;
+		}
+		usleep(1000);
+	}
+	ck_assert_uint_gt(samples, 50);
+	if (_i)
+		ck_assert_msg(loose_seen == 0,
+			      "unsent bound lifted %u times while requests came",
+			      loose_seen);
+	else
+		/* lifted after 50 ms of the session, and it stays lifted */
+		ck_assert_msg(loose_seen > 0 && last_loose > 250000000u,
+			      "unsent bound lifted %u times, last at %llu ns",
+			      loose_seen, (unsigned long long)last_loose);
+	session_finish(&ss, 20000);
+	assert_clean_run(&ss);
 	session_free(&ss);
 	image_free(&im);
 }
@@ -2327,6 +2397,7 @@ static Suite *make_source_suite(void)
 	tcase_add_loop_test(tc, test_urgent_readahead_paced, 0, 2);
 	tcase_add_test(tc, test_end_after_urgent);
 	tcase_add_loop_test(tc, test_no_pacing_tcp, 0, 2);
+	tcase_add_loop_test(tc, test_paced_quiet_spell, 0, 2);
 	suite_add_tcase(su, tc);
 	return su;
 }
