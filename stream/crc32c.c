@@ -490,19 +490,21 @@ static uint32_t hw_round(uint32_t c, const uint8_t *p, size_t b, uint32_t kb,
 
 	for (i = 0; i < b; i += 8) {
 		/*
-		 * Prefetch the next round's 3b bytes, three lines per line
-		 * read: the hardware prefetcher does not cross into the next
-		 * 4 KiB page, and a source's image is cold. This doubled
-		 * 4 KiB-at-a-time CRCs over 1 GiB of cold memory here. Past
-		 * the buffer's end the hint is harmless: prefetches never
-		 * fault.
+		 * Prefetch the next 3b bytes, three lines per line read: the
+		 * hardware prefetcher does not cross into the next 4 KiB
+		 * page, and a source's image is cold. Past the buffer's end
+		 * this guesses that the caller goes on with the next page, as
+		 * the background scan does (hashing 1 GiB of cold memory 4 KiB
+		 * at a time took half the time here); prefetches never fault.
+		 * The address is computed as an integer: it may be past the
+		 * object.
 		 */
 		if ((i & 63) == 0) {
-			const uint8_t *next = p + 3 * b + 3 * i;
+			uintptr_t next = (uintptr_t)p + 3 * b + 3 * i;
 
-			__builtin_prefetch(next);
-			__builtin_prefetch(next + 64);
-			__builtin_prefetch(next + 128);
+			__builtin_prefetch((const void *)next);
+			__builtin_prefetch((const void *)(next + 64));
+			__builtin_prefetch((const void *)(next + 128));
 		}
 		c0 = _mm_crc32_u64(c0, load64(p + i));
 		c1 = _mm_crc32_u64(c1, load64(p + b + i));

@@ -126,7 +126,9 @@ struct src_tx {
 	bool urgent;			/* urgent connection: rate debt, no wait */
 	unsigned niov, nhdr;
 	size_t bytes;			/* wire bytes gathered */
-	size_t limit;			/* flush at this many */
+	size_t limit;			/* flush at this many: */
+	size_t limit_busy, limit_quiet;	/* while requests come, in a quiet
+					   spell (src_tx_batch) */
 	struct iovec *iov;		/* SRC_TX_IOV */
 	uint8_t (*hdr)[PCOPY_WIRE_HDR_SIZE];	/* SRC_TX_IOV / 2 */
 	uint8_t *arena;			/* SRC_TX_ARENA of zlib output */
@@ -156,7 +158,7 @@ int src_tx_flush(struct src_tx *tx);
 int src_tx_simple(struct src_tx *tx, uint8_t type);
 bool src_sockopts(struct pcopy_source *s, int fd, bool urgent);
 size_t src_tx_room(struct src_tx *tx, uint64_t *wait_ns);
-bool src_requests_quiet(struct pcopy_source *s, uint64_t now);
+size_t src_tx_batch(const struct src_tx *tx);
 size_t src_link_budget(struct pcopy_source *s);
 void src_rate_init(struct pcopy_source *s);
 int src_rate_wait(struct pcopy_source *s, uint64_t gen, size_t bytes);
@@ -258,8 +260,9 @@ struct pcopy_source {
 					   urgent thread: faults cluster); 0:
 					   none */
 	_Atomic uint64_t req_ns;	/* when a REQ was last read on either
-					   connection; 0: never (the pacing
-					   follows it, source_tx.c) */
+					   connection, or the main connection
+					   started (the pacing follows it,
+					   source_tx.c) */
 	_Atomic uint64_t urg_req_ns;	/* when the urgent thread last read a
 					   REQ; 0: never (the sender's priority
 					   follows it, source_send.c) */

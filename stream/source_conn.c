@@ -107,6 +107,8 @@ static int on_req(struct pcopy_source *s, uint64_t gen,
 			  msg[0] ? msg : pcopy_strerror(err));
 		return err;
 	}
+	/* before the first push wakes the sender, which reads it */
+	atomic_store_explicit(&s->req_ns, pcopy_now_ns(), memory_order_relaxed);
 	for (i = 0; i < h->count; i++) {
 		err = src_request(s, &reqs[i]);
 		if (err == -ECANCELED)
@@ -120,7 +122,6 @@ static int on_req(struct pcopy_source *s, uint64_t gen,
 	/* counted once queued, so a reader of the stats that sees it also
 	 * finds its pages queued */
 	SRC_STAT_ADD(s, request_msgs, 1);
-	atomic_store_explicit(&s->req_ns, pcopy_now_ns(), memory_order_relaxed);
 	return 0;
 }
 

@@ -507,7 +507,7 @@ static int stream(struct pcopy_source *s, struct src_tx *tx,
 	int err;
 
 	while (src_live(s, tx->gen)) {
-		size_t budget = s->batch, room;
+		size_t budget, room = SIZE_MAX;
 		uint64_t wait;
 
 		background_priority(s);
@@ -516,7 +516,10 @@ static int stream(struct pcopy_source *s, struct src_tx *tx,
 			return err;
 		if (!pages_left(s))
 			return finish(tx);
-		if (!nobg && (room = src_tx_room(tx, &wait)) < budget) {
+		if (!nobg)
+			room = src_tx_room(tx, &wait);	/* may begin or end a quiet spell */
+		budget = src_tx_batch(tx);
+		if (room < budget) {
 			if (!room) {
 				/* the path holds enough: sleep, unless a
 				 * request comes */
@@ -714,6 +717,8 @@ void *src_sender_main(void *arg)
 		tx->paced = src_sockopts(s, tx->fd, false);
 		tx->bw = 0.0;
 		tx->quiet = false;
+		tx->limit = tx->limit_busy;
+		atomic_store(&s->req_ns, pcopy_now_ns());	/* faults come first */
 		tx->rate_t = 0;
 		atomic_store(&s->link_rate, 0);
 		atomic_store(&s->main_paced, tx->paced);

@@ -60,6 +60,12 @@
 #define QUEUE_QUIET_NS 1000000.0
 #endif
 #define REQ_QUIET_NS (50u * 1000000u)
+/* Background bytes per batch and per write in a quiet spell, if the batch
+ * is smaller: a fast path then takes a quarter of the writes. Measured on
+ * the 10 Gbit/s shaped veth, 1 GiB, no toucher: 0.80-0.82 s with 64 KiB,
+ * 0.68 s with 256 KiB, which as the batch of a faulting destination also
+ * served the hot set 1.3x slower. */
+#define QUIET_BATCH (256u << 10)
 #define QUEUE_MIN (16u << 10)	/* bytes: never throttle below this */
 #define RATE_WINDOW_NS 4000000ull
 #define WAIT_MIN_NS 20000ull	/* shortest sleep worth a wake-up */
@@ -148,16 +154,12 @@ size_t src_link_budget(struct pcopy_source *s)
 	       QUEUE_MIN : SIZE_MAX;
 }
 
-/*
- * Has the destination asked for nothing for REQ_QUIET_NS, counting from the
- * session's start (a restore starts with faults)? Any thread.
- */
-bool src_requests_quiet(struct pcopy_source *s, uint64_t now)
+/* Has the destination asked for nothing for REQ_QUIET_NS? req_ns is also
+ * set when a connection starts: a restore starts with faults. */
+static bool requests_quiet(struct pcopy_source *s, uint64_t now)
 {
 	uint64_t last = atomic_load_explicit(&s->req_ns, memory_order_relaxed);
 
-	if (last < s->t_start)
-		last = s->t_start;
 	return now > last && now - last >= REQ_QUIET_NS;
 }
 
@@ -165,7 +167,7 @@ bool src_requests_quiet(struct pcopy_source *s, uint64_t now)
  * the socket goes with the queue the pacing allows. Sender thread. */
 static void follow_quiet(struct src_tx *tx, uint64_t now)
 {
-	bool quiet = src_requests_quiet(tx->s, now);
+	bool quiet = requests_quiet(tx->s, now);
 	int lowat = quiet ? NOTSENT_LOWAT_QUIET : NOTSENT_LOWAT;
 
 	if (quiet == tx->quiet)
@@ -173,6 +175,16 @@ static void follow_quiet(struct src_tx *tx, uint64_t now)
 	(void)setsockopt(tx->fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat,
 			 sizeof(lowat));
 	tx->quiet = quiet;
+	tx->limit = quiet ? tx->limit_quiet : tx->limit_busy;
+}
+
+/* Background bytes the sender gathers before it looks at the path again:
+ * the batch, or QUIET_BATCH in a quiet spell. Sender thread. */
+size_t src_tx_batch(const struct src_tx *tx)
+{
+	size_t b = tx->s->batch;
+
+	return tx->quiet && b < QUIET_BATCH ? QUIET_BATCH : b;
 }
 
 /*
@@ -206,7 +218,6 @@ size_t src_tx_room(struct src_tx *tx, uint64_t *wait_ns)
 	 * samples overshoot several times after a token-bucket shaper's
 	 * burst. Up at once, down slowly (a window may have been idle). */
 	now = pcopy_now_ns();
-	follow_quiet(tx, now);
 	if (!tx->rate_t) {
 		tx->rate_t = now;
 		tx->rate_acked = ti.tcpi_bytes_acked;
@@ -222,6 +233,7 @@ size_t src_tx_room(struct src_tx *tx, uint64_t *wait_ns)
 	}
 	if (tx->bw <= 0.0)
 		return SIZE_MAX;
+	follow_quiet(tx, now);	/* with a rate: the pacing bounds the queue */
 	atomic_store_explicit(&tx->s->link_rate, (uint64_t)(tx->bw * 1e9),
 			      memory_order_relaxed);
 	rtt_ns = (double)ti.tcpi_min_rtt * 1e3;
@@ -241,6 +253,18 @@ size_t src_tx_room(struct src_tx *tx, uint64_t *wait_ns)
 	return 0;
 }
 
+/* Wire bytes per write for batches of batch bytes: clamped, and a rate cap
+ * also caps a burst (one flush never exceeds the bucket). */
+static size_t write_limit(const struct pcopy_source *s, size_t batch)
+{
+	size_t l = batch < SRC_TX_MIN ? SRC_TX_MIN :
+		   batch > SRC_TX_MAX ? SRC_TX_MAX : batch;
+
+	if (s->opts.max_rate_bps && s->burst < (double)l)
+		l = s->burst < 2.0 * TP ? 2 * TP : (size_t)s->burst;
+	return l;
+}
+
 /*
  * A gatherer for one sending thread (urgent: the urgent connection's).
  * Returns 0 and *out, or -ENOMEM. Caller's thread (start / add_conn).
@@ -258,11 +282,9 @@ int src_tx_new(struct pcopy_source *s, bool urgent, struct src_tx **out)
 	tx->urgent = urgent;
 	/* one write per batch: 64 KiB by default, as fast as 256 KiB on
 	 * loopback, and a request waits behind less of it */
-	tx->limit = s->batch < SRC_TX_MIN ? SRC_TX_MIN :
-		    s->batch > SRC_TX_MAX ? SRC_TX_MAX : s->batch;
-	/* a rate cap also caps a burst: one flush never exceeds the bucket */
-	if (s->opts.max_rate_bps && s->burst < (double)tx->limit)
-		tx->limit = s->burst < 2.0 * TP ? 2 * TP : (size_t)s->burst;
+	tx->limit = tx->limit_busy = write_limit(s, s->batch);
+	tx->limit_quiet = write_limit(s, s->batch < QUIET_BATCH ? QUIET_BATCH :
+					 s->batch);
 	tx->iov = calloc(SRC_TX_IOV, sizeof(*tx->iov));
 	tx->hdr = calloc(HDRS, PCOPY_WIRE_HDR_SIZE);
 	tx->arena = malloc(SRC_TX_ARENA);

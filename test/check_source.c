@@ -2270,60 +2270,71 @@ START_TEST(test_no_pacing_tcp)
 }
 END_TEST
 
+/* The source's bound on unsent bytes of its main socket (sfd), sampled
+ * every millisecond until it is want or deadline_ns passes; with
+ * requests_ns, the test records a request for the whole window first
+ * (white box: the readers store that time for each REQ), so that the
+ * destination is never quiet, however late this thread runs. */
+static bool lowat_becomes(struct session *ss, int sfd, int want,
+			  uint64_t deadline_ns, bool requests)
+{
+	for (;;) {
+		int lowat = 0;
+		socklen_t len = sizeof(lowat);
+
+		if (requests)
+			atomic_store(&ss->s->req_ns, deadline_ns);
+		ck_assert_int_eq(getsockopt(sfd, IPPROTO_TCP, TCP_NOTSENT_LOWAT,
+					    &lowat, &len), 0);
+		if (lowat == want)
+			return true;
+		if (pcopy_now_ns() > deadline_ns)
+			return false;
+		usleep(1000);
+	}
+}
+
 /*
  * A paced destination that has asked for nothing for 50 ms gets a deeper
  * queue (source_tx.c, QUEUE_QUIET_NS): the sender lifts its socket's bound
- * on unsent bytes from 64 KiB to 4 MiB with it, and puts it back once
- * requests come. Loop 0: no request; loop 1: a request every millisecond
- * (white box: the time the readers record for each REQ).
+ * on unsent bytes from 64 KiB to 4 MiB with it, keeps it there while the
+ * destination stays quiet, and puts it back once a request comes. Loop 1:
+ * requests all along; the bound is never lifted.
  */
 START_TEST(test_paced_quiet_spell)
 {
 	const int tight = 64 << 10, loose = 4 << 20;
+	const uint64_t ms = 1000000;
 	struct pcopy_source_opts o;
 	struct image im;
 	struct session ss;
-	uint64_t t0, now, last_loose = 0;
-	unsigned samples = 0, loose_seen = 0;
+	uint64_t t0;
 	int sfd;
 
 	image_init(&im);
 	image_add(&im, 32 * MIB, TP);
 	pcopy_source_opts_init(&o);
-	o.max_rate_bps = 50u << 20;	/* about 0.6 s: the spell starts at 50 ms */
+	/* the session outlasts every deadline below (2 s at least), even
+	 * under valgrind: the bound is only read while the source owns sfd */
+	o.max_rate_bps = 16u << 20;
 	session_setup_o(&ss, &im, &o, 0);
 	sfd = session_use_tcp(&ss);
-	t0 = pcopy_now_ns();
 	session_start(&ss);
 	ck_assert_int_eq(ss.start_err, 0);
-	/* the source owns sfd until it ends: look only well before that */
-	while ((now = pcopy_now_ns()) - t0 < 300000000u) {
-		int lowat = 0;
-		socklen_t len = sizeof(lowat);
-
-		if (_i)
-			atomic_store(&ss.s->req_ns, now);
-		ck_assert_int_eq(getsockopt(sfd, IPPROTO_TCP, TCP_NOTSENT_LOWAT,
-					    &lowat, &len), 0);
-		ck_assert_msg(lowat == tight || lowat == loose,
-			      "unsent bound %d", lowat);
-		samples++;
-		if (lowat == loose) {
-			loose_seen++;
-			last_loose = now - t0;
-		}
-		usleep(1000);
+	t0 = pcopy_now_ns();
+	if (_i) {
+		ck_assert_msg(!lowat_becomes(&ss, sfd, loose, t0 + 400 * ms, true),
+			      "unsent bound lifted while requests came");
+	} else {
+		ck_assert_msg(lowat_becomes(&ss, sfd, loose, t0 + 1000 * ms, false),
+			      "no request for 1 s, yet the unsent bound stays");
+		ck_assert_msg(!lowat_becomes(&ss, sfd, tight,
+					     pcopy_now_ns() + 100 * ms, false),
+			      "the unsent bound went back with no request");
+		ck_assert_msg(lowat_becomes(&ss, sfd, tight,
+					    pcopy_now_ns() + 500 * ms, true),
+			      "a request came, yet the unsent bound stays lifted");
 	}
-	ck_assert_uint_gt(samples, 50);
-	if (_i)
-		ck_assert_msg(loose_seen == 0,
-			      "unsent bound lifted %u times while requests came",
-			      loose_seen);
-	else
-		/* lifted after 50 ms of the session, and it stays lifted */
-		ck_assert_msg(loose_seen > 0 && last_loose > 250000000u,
-			      "unsent bound lifted %u times, last at %llu ns",
-			      loose_seen, (unsigned long long)last_loose);
 	session_finish(&ss, 20000);
 	assert_clean_run(&ss);
 	session_free(&ss);
