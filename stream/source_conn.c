@@ -459,6 +459,7 @@ static int urgent_req(struct urgent *u, const struct wire_hdr *h)
 {
 	struct pcopy_source *s = u->s;
 	char msg[PCOPY_ERRMSG_MAX] = "";
+	uint64_t t;
 	unsigned i;
 	int err;
 
@@ -478,8 +479,9 @@ static int urgent_req(struct urgent *u, const struct wire_hdr *h)
 		return err;
 	}
 	SRC_STAT_ADD(s, request_msgs, 1);
-	atomic_store_explicit(&s->urg_req_ns, pcopy_now_ns(), memory_order_relaxed);
-	atomic_store_explicit(&s->req_ns, pcopy_now_ns(), memory_order_relaxed);
+	t = pcopy_now_ns();
+	atomic_store_explicit(&s->urg_req_ns, t, memory_order_relaxed);
+	atomic_store_explicit(&s->req_ns, t, memory_order_relaxed);
 	for (i = 0; i < h->count; i++) {
 		err = urgent_entry(u, &u->reqs[i]);
 		if (err)

@@ -192,10 +192,9 @@ size_t src_tx_batch(const struct src_tx *tx)
  * QUEUE_NS (QUEUE_QUIET_NS in a quiet spell) of the delivery rate plus two
  * round trips' worth (BBR's in-flight) may sit unacknowledged or unsent,
  * because a requested page, on either connection, queues behind them at
- * the bottleneck. Returns the
- * room, SIZE_MAX when there is no limit (not TCP, no estimate yet), or 0
- * with *wait_ns: how long until about half the limit has drained. Sender
- * thread.
+ * the bottleneck. Returns the room, SIZE_MAX when there is no limit (not
+ * TCP, no estimate yet), or 0 with *wait_ns: how long until about half the
+ * limit has drained. Sender thread.
  */
 size_t src_tx_room(struct src_tx *tx, uint64_t *wait_ns)
 {
