@@ -201,6 +201,7 @@ int pcopy_source_create(struct pcopy_source **sp,
 	if (s->batch > SRC_BATCH_MAX)
 		s->batch = SRC_BATCH_MAX;
 	s->batch = (s->batch + PCOPY_TARGET_PAGE - 1) & ~(size_t)(PCOPY_TARGET_PAGE - 1);
+	s->urgent_grace_ns = SRC_URGENT_GRACE_NS;
 	s->chunk = PCOPY_TARGET_PAGE;
 	while (s->chunk * 2 <= s->batch)
 		s->chunk *= 2;

@@ -22,6 +22,7 @@
 #define SRC_BATCH_MAX		(64u << 20)	/* larger values are clamped */
 #define SRC_RAW_RUN_MAX		(64u << 10)	/* largest RAW frame payload */
 #define SRC_QUEUE_INITIAL	1024u		/* first ring size (entries) */
+#define SRC_URGENT_GRACE_NS	5000000u	/* see await_urgent, source_send.c */
 #define SRC_TX_MIN		(16u << 10)	/* wire bytes gathered per sendmsg: */
 #define SRC_TX_MAX		(1u << 20)	/* the batch, clamped to these */
 #define SRC_TX_IOV		1024u		/* iovecs per sendmsg (IOV_MAX) */
@@ -40,12 +41,13 @@
  */
 struct src_queue {
 	pthread_mutex_t lock;
-	pthread_cond_t cond;		/* signalled on push and on close */
+	pthread_cond_t cond;		/* signalled on push, kick and close */
 	uint64_t *ring;			/* cap entries */
 	size_t cap, head, len;		/* under lock */
 	size_t limit;			/* total host pages: cap never exceeds it */
 	uint64_t *queued;		/* bitmap over global host pages, under lock */
 	bool closed;			/* under lock; no more waiting */
+	unsigned kicks;			/* under lock; src_queue_kick */
 	_Atomic size_t pending;		/* == len, read without the lock */
 };
 
@@ -58,6 +60,7 @@ int src_queue_wait_pop(struct src_queue *q, uint64_t *page,
 		       uint64_t deadline_ns);
 void src_queue_wait(struct src_queue *q, uint64_t deadline_ns);
 void src_queue_close(struct src_queue *q);
+void src_queue_kick(struct src_queue *q);
 void src_queue_reset(struct src_queue *q);
 size_t src_queue_capacity(struct src_queue *q);
 
@@ -266,6 +269,9 @@ struct pcopy_source {
 	_Atomic uint64_t urg_req_ns;	/* when the urgent thread last read a
 					   REQ; 0: never (the sender's priority
 					   follows it, source_send.c) */
+	uint64_t urgent_grace_ns;	/* the background waits this long for
+					   the urgent connection (source_send.c);
+					   tests change it */
 	bool pace_loopback;		/* tests only: pace a loopback peer too
 					   (set before start) */
 	int bg_nice_base;		/* sender thread only: its niceness */

@@ -673,6 +673,8 @@ static int add_urgent(struct pcopy_source *s, int fd)
 	if (err)
 		s->urg.live = false;
 	pthread_mutex_unlock(&s->lock);
+	if (!err)
+		src_queue_kick(&s->q);	/* a held background goes now */
 	if (err) {
 		src_tx_free(u->tx);
 		free(u->buf);

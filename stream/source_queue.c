@@ -201,14 +201,26 @@ int src_queue_wait_pop(struct src_queue *q, uint64_t *page,
 void src_queue_wait(struct src_queue *q, uint64_t deadline_ns)
 {
 	struct timespec ts;
+	unsigned kicks;
 
 	ts.tv_sec = (time_t)(deadline_ns / 1000000000ull);
 	ts.tv_nsec = (long)(deadline_ns % 1000000000ull);
 	pthread_mutex_lock(&q->lock);
-	while (!q->len && !q->closed)
+	kicks = q->kicks;
+	while (!q->len && !q->closed && q->kicks == kicks)
 		if (pthread_cond_timedwait(&q->cond, &q->lock, &ts) ==
 		    ETIMEDOUT)
 			break;
+	pthread_mutex_unlock(&q->lock);
+}
+
+/* End a sender's src_queue_wait early: something it waits for other than a
+ * request happened (the urgent connection joined). Any thread. */
+void src_queue_kick(struct src_queue *q)
+{
+	pthread_mutex_lock(&q->lock);
+	q->kicks++;
+	pthread_cond_broadcast(&q->cond);
 	pthread_mutex_unlock(&q->lock);
 }
 

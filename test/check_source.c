@@ -2218,6 +2218,70 @@ START_TEST(test_end_after_urgent)
 }
 END_TEST
 
+/*
+ * A destination that offers the urgent connection gets the background
+ * stream once that connection joins, or after urgent_grace_ns (white box:
+ * 3 s here, under the keepalive; 5 ms in the library), so that the urgent
+ * handshake does not compete with a busy stream. Loop 0: nothing goes out
+ * for 200 ms, then the urgent connection joins and the background follows
+ * at once. Loop 1: a 150 ms grace and no urgent connection: the restore
+ * completes, but not before the grace.
+ */
+START_TEST(test_background_awaits_urgent)
+{
+	struct image im;
+	struct session ss;
+	struct stage u;
+	uint64_t t0, t_join, i;
+
+	image_init(&im);
+	image_add(&im, 4 * MIB, TP);
+	session_setup(&ss, &im, 0, OFFER_ALL, 0);
+	ss.s->urgent_grace_ns = _i ? 150000000u : 3000000000u;
+	t0 = pcopy_now_ns();
+	session_start(&ss);
+	ck_assert_int_eq(ss.start_err, 0);
+	if (!_i) {
+		usleep(200000);
+		ck_assert_int_eq(pcopy_source_stats(ss.s, &ss.st), 0);
+		ck_assert_uint_eq(ss.st.bytes_payload, 0);	/* nothing sent */
+		/* the urgent peer asks for page 0 and reads until the end */
+		stage_open(&u, &im, PCOPY_CONN_URGENT, ss.s->hello.session_id);
+		u.d.start_req[0] = (struct wire_req){ .region = 0, .count = 1 };
+		u.d.n_start_req = 1;
+		ck_assert_int_eq(pthread_create(&u.t, NULL, fdest_main, &u.d), 0);
+		ck_assert_int_eq(pcopy_source_add_conn(ss.s, u.src_fd), 0);
+		t_join = pcopy_now_ns();
+		/* more than the urgent answer: the background goes, well
+		 * before the grace would have let it */
+		while (pcopy_source_stats(ss.s, &ss.st) == 0 &&
+		       ss.st.bytes_payload <= 64 * 1024 &&
+		       pcopy_now_ns() - t_join < 1500000000u)
+			usleep(2000);
+		ck_assert_uint_gt(ss.st.bytes_payload, 64 * 1024);
+		ck_assert_uint_lt(pcopy_now_ns() - t0, 2500000000u);
+	}
+	session_finish(&ss, 20000);
+	ck_assert_msg(ss.d.fail[0] == '\0', "destination: %s", ss.d.fail);
+	ck_assert_int_eq(ss.wait_err, 0);
+	ck_assert(ss.d.got_end);
+	if (_i) {
+		assert_clean_run(&ss);
+		ck_assert_uint_ge(pcopy_now_ns() - t0, 150000000u);
+	} else {
+		pthread_join(u.t, NULL);
+		ck_assert_msg(u.d.fail[0] == '\0', "urgent: %s", u.d.fail);
+		for (i = 0; i < 1024; i++)
+			ck_assert_msg(ss.d.seen[0][i] + u.d.seen[0][i] >= 1,
+				      "page %llu never arrived", (unsigned long long)i);
+		ck_assert_uint_ge(u.d.seen[0][0], 1);
+		fdest_free(&u.d);
+	}
+	session_free(&ss);
+	image_free(&im);
+}
+END_TEST
+
 /* Swap the session's socketpair for a TCP loopback connection, paced like a
  * remote peer (the source paces loopback peers only when a test asks).
  * Returns the source's end. */
@@ -2409,6 +2473,7 @@ static Suite *make_source_suite(void)
 	tcase_add_test(tc, test_end_after_urgent);
 	tcase_add_loop_test(tc, test_no_pacing_tcp, 0, 2);
 	tcase_add_loop_test(tc, test_paced_quiet_spell, 0, 2);
+	tcase_add_loop_test(tc, test_background_awaits_urgent, 0, 2);
 	suite_add_tcase(su, tc);
 	return su;
 }
