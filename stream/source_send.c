@@ -491,9 +491,10 @@ static int finish(struct src_tx *tx)
 /*
  * Every destination offers the urgent connection, and one that uses it adds
  * it right after the main one. Its handshake then competes with a
- * background stream that keeps both CPUs busy: it took 4-5 ms instead of
- * 0.3 in 2 of 4 runs here (pcopy-bench --link tcp, start_ms), and the first
- * fault waited for it. So the background waits for the urgent connection,
+ * background stream that keeps both CPUs busy: it took 2.6-5.3 ms instead
+ * of about 0.4 in 5 of 18 runs here (pcopy-bench --link tcp -r lib,
+ * start_ms), and the first fault waited for it; 0.31-0.50 ms in 10 of 10
+ * with this wait. So the background waits for the urgent connection,
  * at most urgent_grace_ns after the main connection started (t_conn);
  * requests are served meanwhile. Returns whether it waited. Sender thread.
  */
