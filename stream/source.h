@@ -129,9 +129,8 @@ struct src_tx {
 	bool urgent;			/* urgent connection: rate debt, no wait */
 	unsigned niov, nhdr;
 	size_t bytes;			/* wire bytes gathered */
-	size_t limit;			/* flush at this many: */
-	size_t limit_busy, limit_quiet;	/* while requests come, in a quiet
-					   spell (src_tx_batch) */
+	size_t limit_busy, limit_quiet;	/* flush at this many: while
+					   requests come, in a quiet spell */
 	struct iovec *iov;		/* SRC_TX_IOV */
 	uint8_t (*hdr)[PCOPY_WIRE_HDR_SIZE];	/* SRC_TX_IOV / 2 */
 	uint8_t *arena;			/* SRC_TX_ARENA of zlib output */

@@ -746,7 +746,6 @@ void *src_sender_main(void *arg)
 		tx->paced = src_sockopts(s, tx->fd, false);
 		tx->bw = 0.0;
 		tx->quiet = false;
-		tx->limit = tx->limit_busy;
 		atomic_store(&s->req_ns, pcopy_now_ns());	/* faults come first */
 		tx->rate_t = 0;
 		atomic_store(&s->link_rate, 0);

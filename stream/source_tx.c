@@ -175,16 +175,19 @@ static void follow_quiet(struct src_tx *tx, uint64_t now)
 	(void)setsockopt(tx->fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat,
 			 sizeof(lowat));
 	tx->quiet = quiet;
-	tx->limit = quiet ? tx->limit_quiet : tx->limit_busy;
+}
+
+/* The batch of a quiet spell: the batch, at least QUIET_BATCH. */
+static size_t quiet_batch(const struct pcopy_source *s)
+{
+	return s->batch < QUIET_BATCH ? QUIET_BATCH : s->batch;
 }
 
 /* Background bytes the sender gathers before it looks at the path again:
- * the batch, or QUIET_BATCH in a quiet spell. Sender thread. */
+ * the batch, or quiet_batch in a quiet spell. Sender thread. */
 size_t src_tx_batch(const struct src_tx *tx)
 {
-	size_t b = tx->s->batch;
-
-	return tx->quiet && b < QUIET_BATCH ? QUIET_BATCH : b;
+	return tx->quiet ? quiet_batch(tx->s) : tx->s->batch;
 }
 
 /*
@@ -281,9 +284,8 @@ int src_tx_new(struct pcopy_source *s, bool urgent, struct src_tx **out)
 	tx->urgent = urgent;
 	/* one write per batch: 64 KiB by default, as fast as 256 KiB on
 	 * loopback, and a request waits behind less of it */
-	tx->limit = tx->limit_busy = write_limit(s, s->batch);
-	tx->limit_quiet = write_limit(s, s->batch < QUIET_BATCH ? QUIET_BATCH :
-					 s->batch);
+	tx->limit_busy = write_limit(s, s->batch);
+	tx->limit_quiet = write_limit(s, quiet_batch(s));
 	tx->iov = calloc(SRC_TX_IOV, sizeof(*tx->iov));
 	tx->hdr = calloc(HDRS, PCOPY_WIRE_HDR_SIZE);
 	tx->arena = malloc(SRC_TX_ARENA);
@@ -449,7 +451,7 @@ int src_tx_frame(struct src_tx *tx, uint8_t kind, unsigned ri, size_t off,
 	tx->bytes += PCOPY_WIRE_HDR_SIZE + len;
 	tx->pages[kind] += count;
 	tx->payload += (uint64_t)count * TP;
-	if (tx->bytes >= tx->limit)
+	if (tx->bytes >= (tx->quiet ? tx->limit_quiet : tx->limit_busy))
 		return src_tx_flush(tx);
 	return 0;
 }
